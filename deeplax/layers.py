@@ -1,0 +1,150 @@
+"""Building blocks shared by every DeepLab model: atrous conv, conv+BN, separable conv, resizing.
+
+Conventions (one place, so every backbone and every weight converter agrees):
+- Atrous convolution (v3 §3.1 eq. 1, v2 §3.1): `y[i] = sum_k x[i + r*k] w[k]`, a k x k kernel at rate r
+  covers k + (k-1)(r-1) pixels.
+- Padding is explicit and symmetric, `(k_eff - 1) // 2` before and the rest after, as torchvision and
+  TF-slim's `conv2d_same` pad: a stride-s layer maps a size-H input to `ceil(H / s)`.
+- Batch norm `momentum` is the decay of the running averages (TF's `decay`, v3 §4.1 uses 0.9997;
+  torchvision's momentum=0.1 is decay 0.9).
+"""
+
+import functools
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+ModuleDef = Any
+
+# He-normal over fan-out, as torchvision's ResNet initialises convolutions.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def effective_kernel_size(kernel_size: int, rate: int) -> int:
+  """Span of a k x k kernel at atrous rate r: k + (k-1)(r-1) (v2 §3.1)."""
+  return kernel_size + (kernel_size - 1) * (rate - 1)
+
+
+def symmetric_padding(kernel_size: int, rate: int = 1) -> Tuple[int, int]:
+  total = effective_kernel_size(kernel_size, rate) - 1
+  return (total // 2, total - total // 2)
+
+
+def atrous_conv(features: int, kernel_size: int = 3, *, stride: int = 1, rate: int = 1,
+                use_bias: bool = False, feature_group_count: int = 1, dtype: Dtype = jnp.float32,
+                name: Optional[str] = None) -> nn.Conv:
+  """A k x k convolution at atrous `rate` with symmetric explicit padding (output ceil(H/stride))."""
+  pad = symmetric_padding(kernel_size, rate)
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
+                 kernel_dilation=(rate, rate), padding=(pad, pad), use_bias=use_bias,
+                 feature_group_count=feature_group_count, dtype=dtype, param_dtype=jnp.float32,
+                 kernel_init=conv_kernel_init, name=name)
+
+
+def batch_norm(train: bool, *, axis_name: Optional[str] = None, momentum: float = 0.9997,
+               epsilon: float = 1e-5, frozen: bool = False, dtype: Dtype = jnp.float32,
+               scale_init: Callable = nn.initializers.ones,
+               name: Optional[str] = None) -> nn.BatchNorm:
+  """Batch norm; `axis_name` averages statistics over a pmap axis, `frozen` uses running averages.
+
+  Under `jax.jit` with the batch sharded over a mesh, statistics are already over the global batch
+  and `axis_name` stays None. A frozen norm never updates its statistics (v3 §4.1 fine-tune stage);
+  its scale and offset remain parameters.
+  """
+  use_running_average = (not train) or frozen
+  return nn.BatchNorm(use_running_average=use_running_average, momentum=momentum, epsilon=epsilon,
+                      axis_name=None if use_running_average else axis_name, dtype=dtype,
+                      param_dtype=jnp.float32, scale_init=scale_init, name=name)
+
+
+def norm_factory(train: bool, *, axis_name: Optional[str] = None, momentum: float = 0.9997,
+                 epsilon: float = 1e-5, frozen: bool = False,
+                 dtype: Dtype = jnp.float32) -> Callable[..., nn.BatchNorm]:
+  """`functools.partial` of `batch_norm` to inject into blocks (`norm(name='bn1')`)."""
+  return functools.partial(batch_norm, train, axis_name=axis_name, momentum=momentum,
+                           epsilon=epsilon, frozen=frozen, dtype=dtype)
+
+
+class ConvBN(nn.Module):
+  """Atrous conv -> batch norm -> optional ReLU. Params: {'conv': {kernel}, 'bn': {scale, bias}}."""
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  rate: int = 1
+  relu: bool = True
+  norm: ModuleDef = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = atrous_conv(self.features, self.kernel_size, stride=self.stride, rate=self.rate,
+                    dtype=self.dtype, name="conv")(x)
+    x = self.norm(name="bn")(x)
+    return nn.relu(x) if self.relu else x
+
+
+class SeparableConvBN(nn.Module):
+  """Atrous depthwise-separable conv (v3+): depthwise k x k at `rate` + BN, pointwise 1x1 + BN.
+
+  `relu_between` puts a ReLU after the depthwise BN, as DeepLabv3+'s decoder, ASPP and Xception do.
+  Params: {'depthwise': {kernel}, 'depthwise_bn', 'pointwise': {kernel}, 'pointwise_bn'}.
+  """
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  rate: int = 1
+  relu: bool = True
+  relu_between: bool = True
+  norm: ModuleDef = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    x = atrous_conv(channels, self.kernel_size, stride=self.stride, rate=self.rate,
+                    feature_group_count=channels, dtype=self.dtype, name="depthwise")(x)
+    x = self.norm(name="depthwise_bn")(x)
+    if self.relu_between:
+      x = nn.relu(x)
+    x = atrous_conv(self.features, 1, dtype=self.dtype, name="pointwise")(x)
+    x = self.norm(name="pointwise_bn")(x)
+    return nn.relu(x) if self.relu else x
+
+
+def _interpolation_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+  """[out_size, in_size] linear-interpolation weights (PyTorch/TF semantics, no antialiasing)."""
+  out_idx = np.arange(out_size, dtype=np.float64)
+  if align_corners:
+    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    src = out_idx * scale
+  else:
+    src = (out_idx + 0.5) * (in_size / out_size) - 0.5
+    src = np.maximum(src, 0.0)
+  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = src - lo
+  m = np.zeros((out_size, in_size), np.float64)
+  np.add.at(m, (np.arange(out_size), lo), 1.0 - frac)
+  np.add.at(m, (np.arange(out_size), hi), frac)
+  return m.astype(np.float32)
+
+
+def resize_bilinear(x_NHWC: jax.Array, size: Sequence[int], align_corners: bool = False) -> jax.Array:
+  """Bilinear resize of [N, H, W, C] to `size` = (H', W').
+
+  `align_corners=False` is PyTorch's `F.interpolate(..., align_corners=False)` (half-pixel centres);
+  `True` is TF1's `resize_bilinear(align_corners=True)` used by the official DeepLab code.
+  Separable matrix products: exact, no antialiasing, cheap at segmentation sizes.
+  """
+  n, h, w, c = x_NHWC.shape
+  out_h, out_w = int(size[0]), int(size[1])
+  if (out_h, out_w) == (h, w):
+    return x_NHWC
+  mh = jnp.asarray(_interpolation_matrix(h, out_h, align_corners), dtype=x_NHWC.dtype)
+  mw = jnp.asarray(_interpolation_matrix(w, out_w, align_corners), dtype=x_NHWC.dtype)
+  y = jnp.einsum("oh,nhwc->nowc", mh, x_NHWC)
+  return jnp.einsum("pw,nowc->nopc", mw, y)

@@ -1,0 +1,67 @@
+"""Segmentation metrics from a confusion matrix: mIoU, per-class IoU, pixel accuracy.
+
+mIoU as in the PASCAL VOC devkit used by the papers (v2 §4, v3 §4): IoU_c = TP / (TP + FP + FN)
+per class, averaged over the classes present in the ground truth or the predictions; pixels with
+the ignore label (255) or outside the valid mask do not count.
+"""
+
+from typing import Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def confusion_matrix(labels_NHW, preds_NHW, num_classes: int, mask_NHW=None,
+                     ignore_label: int = 255):
+  """int32 [C, C] counts, rows = ground truth, columns = prediction. Jittable; add to accumulate."""
+  labels = jnp.asarray(labels_NHW).astype(jnp.int32)
+  preds = jnp.clip(jnp.asarray(preds_NHW).astype(jnp.int32), 0, num_classes - 1)
+  valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+  if mask_NHW is not None:
+    valid = valid & jnp.asarray(mask_NHW).astype(bool)
+  index = jnp.where(valid, labels * num_classes + preds, 0).reshape(-1)
+  counts = jnp.bincount(index, weights=valid.reshape(-1).astype(jnp.int32),
+                        length=num_classes * num_classes)
+  return counts.astype(jnp.int32).reshape(num_classes, num_classes)
+
+
+def segmentation_metrics(confusion, class_names: Optional[Sequence[str]] = None) -> dict:
+  """mIoU, per-class IoU (NaN where a class is in neither gt nor prediction), accuracies."""
+  cm = np.asarray(confusion, dtype=np.float64)
+  if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+    raise ValueError(f"confusion matrix must be square [C, C]; got shape {cm.shape}")
+  tp = np.diag(cm)
+  gt = cm.sum(axis=1)
+  pred = cm.sum(axis=0)
+  union = gt + pred - tp
+  with np.errstate(divide="ignore", invalid="ignore"):
+    iou = np.where(union > 0, tp / union, np.nan)
+    class_acc = np.where(gt > 0, tp / gt, np.nan)
+  total = cm.sum()
+  present = ~np.isnan(iou)
+  result = {
+      "miou": float(np.mean(iou[present])) if present.any() else float("nan"),
+      "per_class_iou": [float(v) for v in iou],
+      "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
+      "mean_accuracy": float(np.nanmean(class_acc)) if (gt > 0).any() else float("nan"),
+      "num_pixels": int(total),
+  }
+  if class_names is not None:
+    if len(class_names) != cm.shape[0]:
+      raise ValueError(f"{len(class_names)} class names for a {cm.shape[0]}-class confusion matrix")
+    result["class_names"] = list(class_names)
+  return result
+
+
+def format_table(metrics: dict, class_names: Optional[Sequence[str]] = None) -> str:
+  """A per-class IoU table followed by the summary lines."""
+  ious = metrics["per_class_iou"]
+  names = list(class_names or metrics.get("class_names") or [str(i) for i in range(len(ious))])
+  width = max([len("class")] + [len(n) for n in names])
+  lines = [f"{'class':<{width}}  IoU", f"{'-' * width}  ------"]
+  for name, iou in zip(names, ious):
+    lines.append(f"{name:<{width}}  {'   n/a' if np.isnan(iou) else f'{100 * iou:6.2f}'}")
+  lines.append(f"{'-' * width}  ------")
+  lines.append(f"{'mIoU':<{width}}  {100 * metrics['miou']:6.2f}")
+  lines.append(f"{'pixel acc.':<{width}}  {100 * metrics['pixel_accuracy']:6.2f}")
+  return "\n".join(lines)
