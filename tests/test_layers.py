@@ -1,0 +1,43 @@
+"""The shared conventions of deeplax.layers: padding/output size, resizing, batch-norm modes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deeplax import layers
+
+
+@pytest.mark.parametrize("size", [64, 65])
+@pytest.mark.parametrize("stride,rate,kernel", [(1, 1, 3), (2, 1, 3), (2, 1, 7), (1, 4, 3), (2, 2, 3)])
+def test_atrous_conv_output_is_ceil_of_size_over_stride(size, stride, rate, kernel):
+  conv = layers.atrous_conv(4, kernel, stride=stride, rate=rate)
+  x = jnp.zeros((1, size, size, 2))
+  out = jax.eval_shape(lambda: conv.init_with_output(jax.random.PRNGKey(0), x)[0])
+  assert out.shape == (1, -(-size // stride), -(-size // stride), 4)
+
+
+def test_resize_bilinear_matches_half_pixel_upsampling():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 3))
+  ours = layers.resize_bilinear(x, (33, 25), align_corners=False)
+  ref = jax.image.resize(x, (2, 33, 25, 3), "bilinear")  # half-pixel centres, same as torch here
+  np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_resize_bilinear_align_corners_keeps_corner_samples():
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 5, 4, 2))
+  up = layers.resize_bilinear(x, (9, 7), align_corners=True)
+  np.testing.assert_allclose(up[:, ::2, ::2], x, atol=1e-6)
+  np.testing.assert_allclose(up[:, 1, 0], (x[:, 0, 0] + x[:, 1, 0]) / 2, atol=1e-6)
+
+
+def test_batch_norm_frozen_uses_running_averages_in_training():
+  x = jax.random.normal(jax.random.PRNGKey(2), (4, 5, 5, 3)) * 3 + 1
+  bn = layers.batch_norm(True, frozen=True)
+  variables = bn.init(jax.random.PRNGKey(0), x)
+  y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+  np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-5), rtol=1e-5)  # mean 0, var 1 running stats
+  jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
+  y_train, upd = layers.batch_norm(True, momentum=0.9).apply(variables, x, mutable=["batch_stats"])
+  np.testing.assert_allclose(y_train.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.1 * x.mean(axis=(0, 1, 2)), rtol=1e-5)
