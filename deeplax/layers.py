@@ -20,8 +20,10 @@ import numpy as np
 Dtype = Any
 ModuleDef = Any
 
-# He-normal over fan-out, as torchvision's ResNet initialises convolutions.
+# He-normal over fan-out, as torchvision's ResNet initialises convolutions. A depthwise kernel
+# [k, k, 1, C] has fan-out k*k*C but sees only k*k inputs, so it is scaled by fan-in instead.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+depthwise_kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 def effective_kernel_size(kernel_size: int, rate: int) -> int:
@@ -42,7 +44,8 @@ def atrous_conv(features: int, kernel_size: int = 3, *, stride: int = 1, rate: i
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
                  kernel_dilation=(rate, rate), padding=(pad, pad), use_bias=use_bias,
                  feature_group_count=feature_group_count, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=conv_kernel_init, name=name)
+                 kernel_init=conv_kernel_init if feature_group_count == 1 else depthwise_kernel_init,
+                 name=name)
 
 
 def batch_norm(train: bool, *, axis_name: Optional[str] = None, momentum: float = 0.9997,

@@ -41,3 +41,10 @@ def test_batch_norm_frozen_uses_running_averages_in_training():
   y_train, upd = layers.batch_norm(True, momentum=0.9).apply(variables, x, mutable=["batch_stats"])
   np.testing.assert_allclose(y_train.mean(axis=(0, 1, 2)), 0, atol=1e-5)
   np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.1 * x.mean(axis=(0, 1, 2)), rtol=1e-5)
+
+
+def test_depthwise_kernels_keep_the_signal_scale():
+  conv = layers.atrous_conv(64, 3, feature_group_count=64)
+  kernel = conv.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 64)))["params"]["kernel"]
+  assert kernel.shape == (3, 3, 1, 64)
+  np.testing.assert_allclose(np.std(kernel), np.sqrt(2 / 9), rtol=0.15)
