@@ -65,3 +65,65 @@ def format_table(metrics: dict, class_names: Optional[Sequence[str]] = None) -> 
   lines.append(f"{'mIoU':<{width}}  {100 * metrics['miou']:6.2f}")
   lines.append(f"{'pixel acc.':<{width}}  {100 * metrics['pixel_accuracy']:6.2f}")
   return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Boundary accuracy in a "trimap" band (v2 §4.1, Fig. 10).
+
+def boundary_band(labels_HW, width: float, mask_HW=None) -> np.ndarray:
+  """bool [H, W]: pixels within `width` px (Euclidean) of a label boundary (the trimap of v2 Fig. 10).
+
+  A boundary pixel has a 4-neighbour with another label; the ignore label counts as a label, so the
+  void band VOC draws around objects makes its neighbours boundary pixels. Neighbours outside
+  `mask_HW` (padding) never make a boundary. `width` 0 is the boundary pixels themselves.
+  """
+  from scipy import ndimage
+  labels = np.asarray(labels_HW)
+  if labels.ndim != 2:
+    raise ValueError(f"labels must be [H, W]; got shape {labels.shape}")
+  inside = np.ones(labels.shape, bool) if mask_HW is None else np.asarray(mask_HW, bool)
+  boundary = np.zeros(labels.shape, bool)
+  for axis in (0, 1):
+    a = [slice(None)] * 2
+    b = [slice(None)] * 2
+    a[axis], b[axis] = slice(None, -1), slice(1, None)
+    a, b = tuple(a), tuple(b)
+    differs = (labels[a] != labels[b]) & inside[a] & inside[b]
+    boundary[a] |= differs
+    boundary[b] |= differs
+  if not boundary.any():
+    return boundary
+  return ndimage.distance_transform_edt(~boundary) <= width
+
+
+def trimap_confusion(labels_NHW, preds_NHW, num_classes: int, widths: Sequence[float],
+                     mask_NHW=None, ignore_label: int = 255) -> np.ndarray:
+  """int64 [len(widths), C, C]: confusion matrices restricted to each trimap band (v2 Fig. 10).
+
+  Host-side (NumPy/SciPy); accumulate by +. Ignore-label pixels and pixels outside the mask never
+  count, as in `confusion_matrix`.
+  """
+  labels = np.asarray(labels_NHW)
+  preds = np.clip(np.asarray(preds_NHW).astype(np.int64), 0, num_classes - 1)
+  if labels.shape != preds.shape or labels.ndim != 3:
+    raise ValueError(f"labels and preds must both be [N, H, W]; got {labels.shape} and {preds.shape}")
+  masks = np.ones(labels.shape, bool) if mask_NHW is None else np.asarray(mask_NHW, bool)
+  out = np.zeros((len(widths), num_classes, num_classes), np.int64)
+  for label_HW, pred_HW, mask_HW in zip(labels, preds, masks):
+    valid = mask_HW & (label_HW != ignore_label) & (label_HW >= 0) & (label_HW < num_classes)
+    for i, width in enumerate(widths):
+      sel = valid & boundary_band(label_HW, width, mask_HW)
+      index = label_HW[sel].astype(np.int64) * num_classes + pred_HW[sel]
+      out[i] += np.bincount(index, minlength=num_classes * num_classes).reshape(
+          num_classes, num_classes)
+  return out
+
+
+def trimap_metrics(trimap_confusions, widths: Sequence[float]) -> dict:
+  """{width: {'pixel_accuracy', 'miou', 'num_pixels'}} from `trimap_confusion` sums (v2 Fig. 10)."""
+  result = {}
+  for width, cm in zip(widths, np.asarray(trimap_confusions)):
+    m = segmentation_metrics(cm)
+    result[float(width)] = {"pixel_accuracy": m["pixel_accuracy"], "miou": m["miou"],
+                            "num_pixels": m["num_pixels"]}
+  return result

@@ -1,0 +1,203 @@
+"""`deeplax eval`: mIoU, per-class IoU, pixel accuracy and trimap accuracy of a checkpoint on a split.
+
+As the papers evaluate (v2 §4, v3 §4.2): a confusion matrix over all pixels of the split (ignore label
+and padding excluded), IoU per class, their mean; the boundary accuracy inside a band around label
+boundaries (v2 Fig. 10, `trimap_widths`); any inference strategy of `deeplax.inference` (output
+stride, multi-scale + flip, sliding window); optionally the dense CRF (v2 §3.2), reported before and
+after.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from deeplax import inference
+from deeplax import metrics
+
+
+def _class_names(config: ml_collections.ConfigDict):
+  num_classes = int(config.model.num_classes)
+  try:
+    from deeplax import data
+    info = data.dataset_info(config.data)
+    names = info["class_names"] if isinstance(info, Mapping) else getattr(info, "class_names")
+    if names is not None and len(names) == num_classes:
+      return list(names)
+  except (ImportError, AttributeError, KeyError, ValueError):
+    pass
+  return [str(i) for i in range(num_classes)]
+
+
+def _denormalize(config: ml_collections.ConfigDict, images_NHWC: np.ndarray) -> np.ndarray:
+  """uint8 RGB images back from the model's normalised input (for the CRF's bilateral kernel)."""
+  from deeplax import data
+  return np.asarray(data.denormalize(images_NHWC, config.data.get("normalization", None)), np.uint8)
+
+
+def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
+             split: Optional[str] = None,
+             strategy: Optional[inference.InferenceStrategy] = None,
+             output_stride: Optional[int] = None,
+             trimap_widths: Sequence[float] = (),
+             crf: Optional[Any] = None,
+             max_batches: Optional[int] = None,
+             progress: bool = True, log=print) -> Dict[str, Any]:
+  """Evaluates `variables` on `split` of config.data; returns a JSON-able results dict.
+
+  crf: a `deeplax.predict.CRFOptions`; the CRF runs on every image (cropped to its true size) and the
+  results carry both 'metrics' (before) and 'crf' (after).
+  """
+  from deeplax import data
+  num_classes = int(config.model.num_classes)
+  strategy = strategy or inference.strategy_for(config.model)
+  predict_fn = inference.make_predict_fn(config.model, strategy, output_stride)
+  variables = jax.device_put({k: variables[k] for k in ("params", "batch_stats") if k in variables})
+  confusion_fn = jax.jit(
+      lambda labels, scores, mask: metrics.confusion_matrix(
+          labels, jnp.argmax(scores, axis=-1), num_classes, mask))
+  widths = tuple(float(w) for w in trimap_widths)
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  trimap = np.zeros((len(widths), num_classes, num_classes), np.int64)
+  crf_confusion = np.zeros_like(confusion)
+  crf_trimap = np.zeros_like(trimap)
+  num_images, start = 0, time.perf_counter()
+  for i, batch in enumerate(data.create_eval_iterator(config, split=split)):
+    if max_batches is not None and i >= max_batches:
+      break
+    scores = predict_fn(variables, jnp.asarray(batch["image"]))
+    labels, mask = np.asarray(batch["label"]), np.asarray(batch["mask"]).astype(bool)
+    confusion += np.asarray(confusion_fn(labels, scores, mask), np.int64)
+    if widths or crf is not None:
+      preds = np.asarray(jnp.argmax(scores, axis=-1))
+    if widths:
+      trimap += metrics.trimap_confusion(labels, preds, num_classes, widths, mask)
+    if crf is not None:
+      crf_preds = _crf_batch(config, crf, np.asarray(scores), np.asarray(batch["image"]), batch)
+      crf_confusion += np.asarray(metrics.confusion_matrix(labels, crf_preds, num_classes, mask),
+                                  np.int64)
+      if widths:
+        crf_trimap += metrics.trimap_confusion(labels, crf_preds, num_classes, widths, mask)
+    num_images += int(mask.reshape(mask.shape[0], -1).any(axis=1).sum())
+    if progress:
+      elapsed = time.perf_counter() - start
+      m = metrics.segmentation_metrics(confusion)
+      log(f"eval batch {i + 1}: {num_images} images, {num_images / elapsed:.2f} img/s, "
+          f"running mIoU {100 * m['miou']:.2f}")
+  if num_images == 0:
+    raise ValueError(f"split {split!r} of dataset {config.data.get('name')!r} produced no images")
+  class_names = _class_names(config)
+  results: Dict[str, Any] = {
+      "dataset": config.data.get("name", None),
+      "split": split or config.data.get("eval_split", None), "num_images": num_images,
+      "output_stride": int(output_stride or config.model.output_stride),
+      "strategy": dataclasses.asdict(strategy),
+      "metrics": _summary(confusion, class_names),
+      "confusion_matrix": confusion.tolist(),
+  }
+  if widths:
+    results["trimap"] = _trimap_summary(trimap, widths)
+  if crf is not None:
+    results["crf"] = {"params": _jsonable(getattr(crf, "params", None)),
+                      "num_iters": int(crf.num_iters),
+                      "metrics": _summary(crf_confusion, class_names)}
+    if widths:
+      results["crf"]["trimap"] = _trimap_summary(crf_trimap, widths)
+  return results
+
+
+def _crf_batch(config, crf, scores_NHWC, images_NHWC, batch) -> np.ndarray:
+  """CRF-refined labels [N, Hp, Wp] (255 in the padding) from fused scores (one batched CRF call)."""
+  from deeplax import crf as dense_crf
+  out = np.full(scores_NHWC.shape[:3], 255, np.int32)
+  hw = np.stack([np.asarray(batch["height"]), np.asarray(batch["width"])], axis=1).astype(np.int32)
+  real = np.flatnonzero((hw > 0).all(axis=1))  # padding elements of the last batch have size 0
+  if real.size == 0:
+    return out
+  log_probs = np.asarray(jax.nn.log_softmax(jnp.asarray(scores_NHWC[real]), axis=-1))
+  images = _denormalize(config, images_NHWC[real])
+  for i, n in enumerate(real):
+    # One image per call at the padded size: a single compilation serves the whole split.
+    q = dense_crf.dense_crf_batch(-log_probs[i:i + 1], images[i:i + 1], crf.params,
+                                  valid_hw_N2=hw[n][None], num_iters=crf.num_iters)
+    h, w = hw[n]
+    out[n, :h, :w] = np.argmax(np.asarray(q[0, :h, :w]), axis=-1)
+  return out
+
+
+def _summary(confusion, class_names) -> Dict[str, Any]:
+  m = metrics.segmentation_metrics(confusion)
+  return {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
+          "mean_accuracy": m["mean_accuracy"], "num_pixels": m["num_pixels"],
+          "per_class_iou": dict(zip(class_names, m["per_class_iou"]))}
+
+
+def _trimap_summary(trimap, widths) -> Dict[str, Any]:
+  return {f"{w:g}": v for w, v in zip(widths, metrics.trimap_metrics(trimap, widths).values())}
+
+
+def _jsonable(x):
+  if x is None:
+    return None
+  if dataclasses.is_dataclass(x):
+    return _jsonable(dataclasses.asdict(x))
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.generic, np.ndarray)):
+    return _jsonable(x.tolist())
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  if isinstance(x, (int, float, str, bool)):
+    return x
+  return str(x)
+
+
+def write_json(results: Mapping[str, Any], path: str) -> None:
+  """Results as JSON (NaN, e.g. the IoU of a class absent from gt and prediction, becomes null)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(_jsonable(results), f, indent=2)
+  os.replace(tmp, path)
+
+
+def format_results(results: Mapping[str, Any]) -> str:
+  """The per-class IoU table (before / after CRF), accuracies and the trimap table."""
+  names = list(results["metrics"]["per_class_iou"])
+
+  def as_metrics(summary):
+    return {"miou": summary["miou"], "pixel_accuracy": summary["pixel_accuracy"],
+            "per_class_iou": [summary["per_class_iou"][n] for n in names]}
+
+  lines = [f"{results.get('dataset')} / {results.get('split')}: {results['num_images']} images, "
+           f"output_stride {results['output_stride']}, scales {results['strategy']['scales']}, "
+           f"flip {results['strategy']['flip']}, tile {results['strategy']['tile_size']}"]
+  table = metrics.format_table(as_metrics(results["metrics"]), names)
+  if "crf" in results:
+    crf_table = metrics.format_table(as_metrics(results["crf"]["metrics"]), names).splitlines()
+    rows = table.splitlines()
+    width = max(len(r) for r in rows)
+    rows[0] = rows[0].ljust(width) + "  +CRF"
+    table = "\n".join(r.ljust(width) + "  " + c.split()[-1] if i else r
+                      for i, (r, c) in enumerate(zip(rows, crf_table)))
+  lines.append(table)
+  lines.append(f"mean acc.   {100 * results['metrics']['mean_accuracy']:6.2f}")
+  if "trimap" in results:
+    lines.append("trimap (v2 Fig. 10): band width px | pixel acc. | mIoU"
+                 + (" | +CRF pixel acc. | +CRF mIoU" if "crf" in results else ""))
+    for w, v in results["trimap"].items():
+      row = f"  {w:>6} | {100 * v['pixel_accuracy']:6.2f} | {100 * v['miou']:6.2f}"
+      if "crf" in results:
+        c = results["crf"]["trimap"][w]
+        row += f" | {100 * c['pixel_accuracy']:6.2f} | {100 * c['miou']:6.2f}"
+      lines.append(row)
+  return "\n".join(lines)

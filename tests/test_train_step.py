@@ -1,0 +1,160 @@
+"""The train step: sharded batch norm (jit mesh and pmap == one device), frozen BN, target modes,
+multi-scale training. Tiny DeepLabv3 (resnet_tiny) on 33 px crops."""
+
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from deeplax import defaults
+from deeplax import models
+from deeplax import train
+from deeplax.models import deeplab
+
+CROP = 33
+BATCH = 8
+NUM_CLASSES = 3
+
+
+def _config(**overrides):
+  c = defaults.get_base_config()
+  # bn_epsilon 1e-3: at init a few channels of this tiny net have near-zero batch variance, which
+  # with eps 1e-5 amplifies float rounding differences between reduction orders by ~1e3.
+  c.model = deeplab.model_config(backbone="resnet_tiny", num_classes=NUM_CLASSES, output_stride=16,
+                                 aspp_features=8, aspp_dropout=0.0, bn_momentum=0.9,
+                                 bn_epsilon=1e-3)
+  c.batch_size = BATCH
+  c.total_steps = 100
+  c.learning_rate = 0.01
+  for key, value in overrides.items():
+    target = c
+    *path, last = key.split(".")
+    for p in path:
+      target = target[p]
+    target[last] = value
+  return c
+
+
+def _batches(num, seed=0):
+  """Learnable batches: the label is which colour channel is largest; some pixels ignored."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(num):
+    image = rng.normal(size=(BATCH, CROP, CROP, 3)).astype(np.float32)
+    image = np.repeat(np.repeat(image[:, ::4, ::4], 4, 1), 4, 2)[:, :CROP, :CROP]
+    label = image.argmax(-1).astype(np.int32)
+    label[:, :3] = 255
+    out.append({"image": image, "label": label})
+  return out
+
+
+def _run(config, batches, devices):
+  config = train.prepare_config(config)
+  model = models.build(config.model)
+  state, tx = train.create_train_state(config, model, jax.random.PRNGKey(0),
+                                       (BATCH, CROP, CROP, 3))
+  step = train.make_train_step(config, model, tx,
+                               axis_name=train.AXIS_NAME if config.parallelism == "pmap" else None)
+  parallel = train.make_parallel(config, step, devices)
+  state = parallel.put_state(state)
+  losses = []
+  for batch in batches:
+    state, metrics = parallel.step(state, parallel.put_batch(batch))
+    losses.append(float(parallel.get_metrics(metrics)["loss"]))
+  return jax.device_get(parallel.get_state(state)), losses
+
+
+@pytest.fixture(scope="module")
+def sharded_runs():
+  batches = _batches(3)
+  devices = jax.devices()[:4]
+  runs = {}
+  for name, config, devs in [("one", _config(), jax.devices()[:1]), ("jit", _config(), devices),
+                             ("pmap", _config(parallelism="pmap"), devices)]:
+    t = time.time()
+    runs[name] = _run(config, batches, devs)
+    print(f"{name}: {time.time() - t:.1f}s")
+  return runs
+
+
+def _assert_close(a, b, atol):
+  flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(flat_a) == len(flat_b)
+  for x, y in zip(flat_a, flat_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=atol)
+
+
+@pytest.mark.parametrize("form", ["jit", "pmap"])
+def test_sharded_batch_norm_equals_one_device(sharded_runs, form):
+  (ref, ref_losses), (got, got_losses) = sharded_runs["one"], sharded_runs[form]
+  np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-5)
+  _assert_close(got["params"], ref["params"], atol=1e-5)
+  _assert_close(got["batch_stats"], ref["batch_stats"], atol=1e-5)
+  assert int(got["step"]) == 3
+
+
+def test_pmap_and_jit_agree(sharded_runs):
+  (jit_state, jit_losses), (pmap_state, pmap_losses) = sharded_runs["jit"], sharded_runs["pmap"]
+  np.testing.assert_allclose(jit_losses, pmap_losses, rtol=1e-5)
+  _assert_close(jit_state["params"], pmap_state["params"], atol=1e-5)
+  _assert_close(jit_state["batch_stats"], pmap_state["batch_stats"], atol=1e-5)
+
+
+def test_batch_statistics_are_trained(sharded_runs):
+  state, _ = sharded_runs["one"]
+  config = train.prepare_config(_config())
+  init, _ = train.create_train_state(config, models.build(config.model), jax.random.PRNGKey(0),
+                                     (1, CROP, CROP, 3))
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), state["batch_stats"],
+                         jax.device_get(init["batch_stats"]))
+  assert all(jax.tree.leaves(changed))
+
+
+def test_frozen_batch_norm_keeps_statistics():
+  config = _config(**{"model.freeze_bn": True})
+  config = train.prepare_config(config)
+  model = models.build(config.model)
+  state, tx = train.create_train_state(config, model, jax.random.PRNGKey(0), (BATCH, CROP, CROP, 3))
+  rng = np.random.default_rng(5)
+  state["batch_stats"] = jax.tree_util.tree_map_with_path(  # non-trivial running averages
+      lambda path, x: (rng.uniform(0.8, 1.5, x.shape) if "var" in jax.tree_util.keystr(path)
+                       else rng.normal(0.0, 0.1, x.shape)).astype(np.float32),
+      state["batch_stats"])
+  before = jax.device_get(state)
+  step = jax.jit(train.make_train_step(config, model, tx))
+  for batch in _batches(2):
+    state, metrics = step(state, batch)
+    assert bool(metrics["finite"])
+  after = jax.device_get(state)
+  jax.tree.map(np.testing.assert_array_equal, after["batch_stats"], before["batch_stats"])
+  assert not np.allclose(after["params"]["logits"]["kernel"], before["params"]["logits"]["kernel"])
+
+
+@pytest.mark.parametrize("overrides", [
+    {"loss.target_mode": "upsample_logits", "train_scales": (1.0, 0.75, 0.5)},
+    {"loss.target_mode": "downsample_labels", "train_scales": (1.0, 0.75, 0.5),
+     "loss.top_k_fraction": 0.5, "model.dtype": "bfloat16", "model.remat": True},
+], ids=["multiscale_upsample", "multiscale_downsample_topk_bf16_remat"])
+def test_target_modes_and_multiscale_learn(overrides):
+  config = _config(learning_rate=0.05, **overrides)
+  batch = _batches(1, seed=3)[0]
+  _, losses = _run(config, [batch] * 8, jax.devices()[:1])
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < 0.95 * losses[0] and np.all(np.diff(losses[2:]) < 0.05), losses
+
+
+def test_multiscale_sizes():
+  assert [train.scaled_size(321, s) for s in (1.0, 0.75, 0.5)] == [321, 241, 161]
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="parallelism"):
+    train.prepare_config(_config(parallelism="shard_map"))
+  with pytest.raises(ValueError, match="divisible by the number of devices"):
+    train.prepare_config(_config(batch_size=3))
+  with pytest.raises(ValueError, match="unknown config.data keys"):
+    c = _config()
+    c.data.crop = 3
+    train.prepare_config(c)
