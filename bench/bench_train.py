@@ -8,7 +8,8 @@ Each side runs in its own subprocess (so peak RSS is per framework): deeplax's j
 ignore label, logits upsampled to the labels, trained BN) and torchvision's deeplabv3 model with
 torch.optim.SGD (momentum 0.9, weight decay 1e-4) and CrossEntropyLoss(ignore_index=255). Same
 architecture (torchvision ResNet layout, ASPP rates 12/24/36 at OS 8 and 6/12/18 at OS 16, no aux
-head), same random input and labels, float32, all cores. Reports images/s after warm-up (compile
+head), same random input and labels, float32, all cores. Batch >= 2: torchvision's ASPP pooling BN
+rejects a batch of one in training mode. Reports images/s after warm-up (compile
 excluded) and the process's peak resident memory. Prints one JSON line per side and a table.
 """
 
@@ -22,8 +23,8 @@ import time
 
 SETTINGS = {
     "cpu": dict(backbone="resnet50", crop=321, batch=2, output_stride=8),
-    "r101_os16": dict(backbone="resnet101", crop=513, batch=1, output_stride=16),
-    "r101_os8": dict(backbone="resnet101", crop=513, batch=1, output_stride=8),
+    "r101_os16": dict(backbone="resnet101", crop=513, batch=2, output_stride=16),
+    "r101_os8": dict(backbone="resnet101", crop=513, batch=2, output_stride=8),
 }
 TORCH_PYTHON = "/tmp/peer-torch/bin/python"
 PEERS_DIR = "/work/shared/peers"

@@ -54,6 +54,27 @@ def test_lattice_filter_approximates_exact_gaussian(sigma_xy, sigma_rgb):
   assert err.max() < 0.25, err.max()
 
 
+def test_lattice_filter_padded_channels_blocks_and_transpose():
+  """21 channels (tables padded to 32 columns), 5600 pixels (a partial splat block): equal to
+  filtering each channel alone, and the VJP is the transpose (<A v, u> = <v, A^T u>)."""
+  image = _photo(70, 80)
+  n = 70 * 80
+  lat = _BUILD(pixel_features(jnp.asarray(image), 5.0, 10.0), 2 * n)
+  assert not bool(lat.overflow)
+  rng = np.random.default_rng(2)
+  values = jnp.asarray(rng.random((n, 21)), jnp.float32)
+  together = np.asarray(_FILTER(lat, values))
+  alone = np.concatenate([np.asarray(_FILTER(lat, values[:, i:i + 1])) for i in (0, 7, 20)], 1)
+  np.testing.assert_allclose(together[:, [0, 7, 20]], alone, rtol=1e-5, atol=1e-4)
+  u = jnp.asarray(rng.random((n, 21)), jnp.float32)
+  out, vjp = jax.vjp(lambda v: lattice_lib.lattice_filter(lat, v, reverse=True), values)
+  (transposed,) = jax.jit(vjp)(u)
+  forward = _FILTER(lat, u)  # A^T is the blur in the opposite order: the forward filter
+  np.testing.assert_allclose(np.asarray(transposed), np.asarray(forward), rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(float(jnp.vdot(out, u)), float(jnp.vdot(values, transposed)),
+                             rtol=1e-4)
+
+
 @pytest.mark.parametrize("normalization", ["none", "before", "after", "symmetric"])
 def test_mean_field_exact_with_separable_spatial_kernel(small, normalization):
   """The mean-field machinery is exact where the filter is: separable spatial vs O(N^2)."""

@@ -13,13 +13,17 @@ Static shapes instead of a hash table: every vertex key is packed bijectively in
 keys are de-duplicated by one `jnp.sort`, each (pixel, vertex) finds its lattice point and each
 lattice point its n1 blur neighbours by `searchsorted` in the sorted unique keys (n2 is the
 inverse of n1); points are then renumbered in order of first use by the pixels (memory
-locality). Key boxes beyond 32 bits (large images with small sigmas) need `key_words=2`: two
-uint32 words, a two-key sort and a vectorised binary search (slower, same lattice). The lattice
-holds at most `capacity` points; more points, or keys that do not fit, set `overflow` (the
-caller must check it: `deeplax.crf.dense_crf` reruns with the exact bounds, then raises). Built
-once per image, reused by every mean-field iteration. No gradient flows into the lattice (it
-depends on the image only); the blur has a custom VJP (its transpose is the blur in the
-opposite order of directions).
+locality). Per iteration (XLA CPU specifics, measured on 2 cores): the splat scatter-adds
+block by block of pixels (the weighted [block, d+1, C] rows stay in cache), lattice tables
+have rows of a multiple of 16 floats (aligned row gathers: the blur runs ~1.5-2x faster), and
+the blur writes its used chunks into a ping-pong buffer. Key boxes beyond 32 bits (large
+images with small sigmas) need `key_words=2`: two uint32 words, a two-key sort and a
+vectorised binary search (slower, same lattice). The lattice holds at most `capacity` points;
+more points, or keys that do not fit, set `overflow` (the caller must check it:
+`deeplax.crf.dense_crf` reruns with the exact bounds, then raises). Built once per image,
+reused by every mean-field iteration. No gradient flows into the lattice (it depends on the
+image only); splat, slice and blur have custom VJPs (splat and slice are each other's
+transpose; the blur's is the blur in the opposite order of directions).
 """
 
 import functools
@@ -31,6 +35,7 @@ import numpy as np
 
 _SENTINEL = np.uint32(0xFFFFFFFF)  # key of padded (invalid) pixels; never a real key.
 _CHUNK = 8192  # lattice points per chunk of the blur and neighbour look-ups; capacity is a multiple.
+_SPLAT_BLOCK = 4096  # pixels per block of the splat's scatter-add.
 
 
 class Lattice(NamedTuple):
@@ -78,11 +83,11 @@ def _simplex(elevated_NR):
   rank = jnp.where(rank < 0, rank + d1, jnp.where(rank > d, rank - d1, rank))
   diff = (elevated_NR - rem0.astype(elevated_NR.dtype)) / d1
   # barycentric[d - rank_i] += diff_i, barycentric[d - rank_i + 1] -= diff_i, then wrap around.
-  slots = jax.nn.one_hot(d - rank, d + 2, dtype=diff.dtype) - jax.nn.one_hot(
-      d - rank + 1, d + 2, dtype=diff.dtype)
-  bary = jnp.einsum("nr,nrk->nk", diff, slots)
-  bary = bary.at[:, 0].add(1.0 + bary[:, d + 1])
-  return rem0, rank, bary[:, :d1]
+  slot = d - rank
+  bary = [jnp.sum(jnp.where(slot == k, diff, 0.0) - jnp.where(slot == k - 1, diff, 0.0), -1)
+          for k in range(d + 2)]
+  bary[0] = bary[0] + 1.0 + bary[d + 1]
+  return rem0, rank, jnp.stack(bary[:d1], -1)
 
 
 def build_lattice(features_ND, capacity: int, valid_N=None, key_words: int = 1) -> Lattice:
@@ -104,14 +109,16 @@ def build_lattice(features_ND, capacity: int, valid_N=None, key_words: int = 1) 
 
   # Vertex r of the simplex: rem0 + canonical[r][rank], canonical[r][k] = r if k <= d - r else
   # r - (d+1). Every coordinate of a remainder-r key is r mod (d+1): key = r + (d+1) c.
+  # rem0 is a multiple of d+1, so c = rem0 / (d+1) - [rank > d - r] (no division per vertex).
   r = np.arange(d1, dtype=np.int32)[None, :, None]                  # [1, R, 1]
-  canonical = jnp.where(rank[:, None, :d] <= d - r, r, r - d1)      # [N, R, d]
-  coords = (rem0[:, None, :d] + canonical - r) // d1                # c, [N, R, d]
+  base = rem0[:, :d] // d1                                          # [N, d]
+  coords = base[:, None, :] - (rank[:, None, :d] > d - r).astype(jnp.int32)  # c, [N, R, d]
 
+  # Bounding box of the keys, with a margin of 1 for the blur neighbours: over the vertices c_k
+  # goes from base_k - [rank_k > 0] (vertex d) to base_k (vertex 0), an [N, d] reduction.
   big = np.int32(2 ** 30)
-  masked = jnp.where(valid_N[:, None, None], coords, big)
-  cmin = jnp.min(masked, axis=(0, 1)) - 1
-  cmax = jnp.max(jnp.where(valid_N[:, None, None], coords, -big), axis=(0, 1)) + 1
+  cmin = jnp.min(jnp.where(valid_N[:, None], base - (rank[:, :d] > 0), big), axis=0) - 1
+  cmax = jnp.max(jnp.where(valid_N[:, None], base, -big), axis=0) + 1
   extent = (cmax - cmin + 1).astype(jnp.uint32)
   # One word: (r, c_0..c_{d-1}) mixed radix in a uint32. Two words (for large images or small
   # sigmas): (r, c_0..c_{s-1}) and (c_s..c_{d-1}), compared lexicographically.
@@ -209,24 +216,88 @@ def build_lattice(features_ND, capacity: int, valid_N=None, key_words: int = 1) 
   renumber = jnp.full((capacity + 1,), capacity, jnp.int32).at[
       jnp.where(is_first, vertex_NR, capacity + 1)].set(rank, mode="drop")
   renumber = renumber.at[capacity].set(capacity)
+  # old point of each new number (capacity past the points in use): gathers, not scatters, below.
+  original = jnp.full((capacity + 1,), capacity, jnp.int32).at[
+      jnp.where(is_first, rank, capacity + 1)].set(vertex_NR, mode="drop").at[capacity].set(
+          capacity)
   vertex_NR = renumber[vertex_NR]
 
   def renumbered(neighbour_JM):
-    out = jnp.full_like(neighbour_JM, capacity).at[:, renumber].set(renumber[neighbour_JM])
-    return out.at[:, capacity].set(capacity)
+    return renumber[neighbour_JM[:, original]]
 
   overflow = (num_points > capacity) | key_overflow
   return Lattice(vertex_NR, weight_NR, renumbered(blur_n1), renumbered(blur_n2), num_points,
                  overflow)
 
 
-def splat(lattice: Lattice, values_NC):
-  """Values at the N inputs -> [capacity + 1, C] at the lattice points (last row: the void)."""
+def _padded_width(channels: int) -> int:
+  # Lattice tables hold rows of a multiple of 16 floats: XLA CPU gathers whole aligned rows
+  # much faster (the blur runs ~1.5x faster with 21 channels padded to 32).
+  return channels if channels <= 8 else -(-channels // 16) * 16
+
+
+def _splat_impl(lattice: Lattice, values_NC, width: int):
   n, c = values_NC.shape
   capacity = lattice.blur_n1_JM.shape[1] - 1
-  weighted = lattice.weight_NR[:, :, None] * values_NC[:, None, :]
-  return jax.ops.segment_sum(weighted.reshape(-1, c), lattice.vertex_NR.reshape(-1),
-                             num_segments=capacity + 1)
+  # Scatter-add block by block of _SPLAT_BLOCK pixels: the [block, d+1, C] weighted values stay
+  # in cache instead of a [N (d+1), C] array going through memory (~3x faster on XLA CPU).
+  block = min(_SPLAT_BLOCK, n)
+
+  def add(out, start, size):
+    vertex = jax.lax.dynamic_slice_in_dim(lattice.vertex_NR, start, size)
+    weight = jax.lax.dynamic_slice_in_dim(lattice.weight_NR, start, size)
+    values = jax.lax.dynamic_slice_in_dim(values_NC, start, size)
+    weighted = (weight[:, :, None] * values[:, None, :]).reshape(-1, c)
+    return out.at[vertex.reshape(-1), :c].add(weighted, mode="promise_in_bounds")
+
+  out = jnp.zeros((capacity + 1, width), values_NC.dtype)
+  out = jax.lax.fori_loop(0, n // block, lambda i, out: add(out, i * block, block), out)
+  if n % block:
+    out = add(out, n - n % block, n % block)
+  return out
+
+
+def _gather_impl(lattice: Lattice, lattice_MC, channels: int):
+  out = 0.0
+  for r in range(lattice.vertex_NR.shape[1]):  # whole (aligned) rows, then the channels
+    out = out + lattice.weight_NR[:, r:r + 1] * _take_rows(lattice_MC, lattice.vertex_NR[:, r])
+  return out[:, :channels]
+
+
+def _float0_zeros(lattice: Lattice):
+  return jax.tree.map(lambda a: np.zeros(a.shape, jax.dtypes.float0)
+                      if not jnp.issubdtype(a.dtype, jnp.floating) else jnp.zeros_like(a),
+                      lattice)
+
+
+# Splat and gather are each other's transpose (the lattice, which depends on the image only,
+# gets no gradient); custom VJPs keep the blocked scatter and the fused gather in both directions.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _splat(lattice: Lattice, values_NC, width: int):
+  return _splat_impl(lattice, values_NC, width)
+
+
+_splat.defvjp(lambda lattice, values_NC, width: (_splat_impl(lattice, values_NC, width),
+                                                  (lattice, values_NC.shape[1])),
+              lambda width, res, cotangent_MC: (_float0_zeros(res[0]),
+                                                _gather_impl(res[0], cotangent_MC, res[1])))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _gather(lattice: Lattice, lattice_MC, channels: int):
+  return _gather_impl(lattice, lattice_MC, channels)
+
+
+_gather.defvjp(lambda lattice, lattice_MC, channels: (
+                   _gather_impl(lattice, lattice_MC, channels), (lattice, lattice_MC.shape[1])),
+               lambda channels, res, cotangent_NC: (
+                   _float0_zeros(res[0]), _splat_impl(res[0], cotangent_NC, res[1])))
+
+
+def splat(lattice: Lattice, values_NC):
+  """Values float [N, C] at the inputs -> [capacity + 1, C'] at the lattice points (last row:
+  the void); C' >= C is C rounded up to a multiple of 16 (columns past C are 0)."""
+  return _splat(lattice, values_NC, _padded_width(values_NC.shape[1]))
 
 
 def _take_rows(table_MC, index):
@@ -253,9 +324,9 @@ def _blur_impl(lattice: Lattice, lattice_MC, reverse: bool):
   spare = jnp.zeros_like(x)
   for j in order:
     def rows(i, out, x=x, j=j):
-      start = i * chunk
-      n1 = jax.lax.dynamic_slice(lattice.blur_n1_JM, (j, start), (1, chunk))[0]
-      n2 = jax.lax.dynamic_slice(lattice.blur_n2_JM, (j, start), (1, chunk))[0]
+      start = (i * chunk).astype(jnp.int32)
+      n1 = jax.lax.dynamic_slice(lattice.blur_n1_JM, (jnp.int32(j), start), (1, chunk))[0]
+      n2 = jax.lax.dynamic_slice(lattice.blur_n2_JM, (jnp.int32(j), start), (1, chunk))[0]
       own = jax.lax.dynamic_slice_in_dim(x, start, chunk)
       new = own + 0.5 * (_take_rows(x, n1) + _take_rows(x, n2))
       return jax.lax.dynamic_update_slice_in_dim(out, new, start, 0)
@@ -276,10 +347,7 @@ def _blur_fwd(lattice, lattice_MC, reverse):
 def _blur_bwd(reverse, lattice, cotangent_MC):
   # Each directional step x + (x[n1] + x[n2]) / 2 is symmetric (n2 is the inverse of n1), so
   # the transpose of the blur is the blur in the opposite order of directions.
-  zeros = jax.tree.map(lambda a: np.zeros(a.shape, jax.dtypes.float0)
-                       if not jnp.issubdtype(a.dtype, jnp.floating) else jnp.zeros_like(a),
-                       lattice)
-  return zeros, _blur_impl(lattice, cotangent_MC, not reverse)
+  return _float0_zeros(lattice), _blur_impl(lattice, cotangent_MC, not reverse)
 
 
 _blur.defvjp(_blur_fwd, _blur_bwd)
@@ -289,21 +357,22 @@ def blur(lattice: Lattice, lattice_MC, reverse: bool = False):
   """[1 2 1] / 2 along each lattice direction j = 0..d (d..0 if `reverse`), void row kept 0.
 
   Points are processed in chunks by a while loop over the used chunks only, so the cost follows
-  the lattice's size, not its capacity; reverse-mode autodiff uses the transposed blur.
+  the lattice's size, not its capacity; reverse-mode autodiff uses the transposed blur. Rows
+  past the points in use are unspecified (never read: no pixel and no neighbour points there).
   """
   return _blur(lattice, lattice_MC, reverse)
 
 
-def slice_values(lattice: Lattice, lattice_MC):
-  """Lattice values -> float [N, C] at the inputs (barycentric interpolation, Krähenbühl's alpha)."""
+def slice_values(lattice: Lattice, lattice_MC, channels=None):
+  """Lattice values -> float [N, channels] at the inputs (barycentric interpolation,
+  Krähenbühl's alpha); `channels` (default: all) drops the splat's padding columns."""
   d1 = lattice.blur_n1_JM.shape[0]
   alpha = 1.0 / (1.0 + 2.0 ** (1 - d1))
-  out = 0.0
-  for r in range(d1):
-    out = out + lattice.weight_NR[:, r:r + 1] * _take_rows(lattice_MC, lattice.vertex_NR[:, r])
-  return alpha * out
+  channels = lattice_MC.shape[1] if channels is None else channels
+  return alpha * _gather(lattice, lattice_MC, channels)
 
 
 def lattice_filter(lattice: Lattice, values_NC, reverse: bool = False):
   """Approximate Gaussian filter sum_j exp(-|f_i - f_j|^2 / 2) v_j (up to a constant factor)."""
-  return slice_values(lattice, blur(lattice, splat(lattice, values_NC), reverse))
+  return slice_values(lattice, blur(lattice, splat(lattice, values_NC), reverse),
+                      values_NC.shape[1])

@@ -1,6 +1,6 @@
 """The built-in synthetic dataset: textured shapes on textured backgrounds, generated from a seed.
 
-Classes: background, disc, square, triangle, bar (a thin bar, 6-10 px wide). Colours are drawn per
+Classes: background, disc, square, triangle, bar (a thin bar, 8-14 px wide). Colours are drawn per
 instance independently of the class, from the same distribution as the background's colours, so
 only shape tells the classes apart. Shapes are drawn in random order and occlude each other;
 every shape keeps a minimum colour contrast to what it covers, so that it is visible. Each image
@@ -59,19 +59,19 @@ def _shape_mask(rng, cls, yy, xx, height, width):
   v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
   name = CLASS_NAMES[cls]
   if name == "disc":
-    return u ** 2 + v ** 2 <= rng.uniform(10, 30) ** 2
+    return u ** 2 + v ** 2 <= rng.uniform(16, 38) ** 2
   if name == "square":
-    half = rng.uniform(9, 24)
+    half = rng.uniform(14, 32)
     return (np.abs(u) <= half) & (np.abs(v) <= half)
   if name == "triangle":  # equilateral, circumradius r: inside the three edge half-planes
-    r = rng.uniform(13, 34)
+    r = rng.uniform(24, 50)
     inside = np.ones_like(u, bool)
     for k in range(3):
       a = 2 * np.pi * k / 3
       inside &= u * np.cos(a) + v * np.sin(a) <= r / 2
     return inside
   if name == "bar":
-    return (np.abs(u) <= rng.uniform(20, 60)) & (np.abs(v) <= rng.uniform(3, 5))
+    return (np.abs(u) <= rng.uniform(30, 70)) & (np.abs(v) <= rng.uniform(4, 7))
   raise ValueError(f"no shape for class {cls}")
 
 
@@ -80,7 +80,7 @@ def render(rng: np.random.Generator, height: int, width: int):
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
   image = _background(rng, height, width, yy, xx)
   label = np.zeros((height, width), np.uint8)
-  for _ in range(rng.integers(5, 11)):
+  for _ in range(rng.integers(2, 6)):
     cls = int(rng.integers(1, len(CLASS_NAMES)))
     mask = _shape_mask(rng, cls, yy, xx, height, width)
     if mask.sum() < 20:
@@ -91,7 +91,7 @@ def render(rng: np.random.Generator, height: int, width: int):
       if np.linalg.norm(colour - covered) >= _MIN_CONTRAST:
         break
       colour = rng.uniform(0, 255, 3)
-    image[mask] = _texture(rng, yy, xx, colour)[mask]
+    image[mask] = _texture(rng, yy, xx, colour, strength=(0.0, 0.3), kinds=(0, 1))[mask]
     label[mask] = cls
   image += rng.normal(0, 6, image.shape)
   return np.clip(np.round(image), 0, 255).astype(np.uint8), label
@@ -128,8 +128,10 @@ def shapes_config(seed=0, num_train=400, num_val=100, min_size=160, max_size=224
 class DeeplaxShapes(tfds.core.GeneratorBasedBuilder):
   """Synthetic shapes segmentation: 4 shape classes + background, no download."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.1.0": "denser scenes, smaller shapes, milder background textures"}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.1.0": "denser scenes, smaller shapes, milder background textures",
+                   "1.2.0": "2-5 larger shapes with flat or gradient fills: learnable on a CPU in "
+                            "minutes, still only by shape"}
   BUILDER_CONFIGS = [shapes_config()]
 
   def _info(self) -> tfds.core.DatasetInfo:

@@ -58,6 +58,8 @@ BACKBONES: Dict[str, ResNetSpec] = {
     "resnet101": ResNetSpec((3, 4, 23, 3)),
     "resnet152": ResNetSpec((3, 8, 36, 3)),
     "resnet_tiny": ResNetSpec((2, 1, 1, 3), widths=(4, 8, 16, 32), stem_features=8),
+    # The reduced ResNet of the CPU-sized main job (configs/shapes.py).
+    "resnet_small": ResNetSpec((2, 2, 2, 3), widths=(16, 32, 64, 96), stem_features=32),
 }
 
 
