@@ -6,7 +6,6 @@ times faster to compile on CPU than threefry.
 """
 
 import functools
-import importlib.util
 import pathlib
 
 import flax
@@ -17,6 +16,8 @@ import pytest
 
 from deeplax import atrous
 from deeplax import models
+from deeplax.cli import load_config_file
+from deeplax.models import param_count
 from deeplax.models import aspp as aspp_lib
 from deeplax.models import deeplab
 from deeplax.models import resnet
@@ -32,14 +33,7 @@ def rng(seed=0):
 
 
 def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def param_count(tree):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  return load_config_file(str(CONFIG_DIR / f"{name}.py"))
 
 
 def tree_shapes(tree):

@@ -18,6 +18,8 @@ import pytest
 
 from deeplax import layers
 from deeplax import models
+from deeplax.cli import load_config_file
+from deeplax.models import param_count
 from deeplax.models import deeplab_v3plus
 from deeplax.models import vgg
 from deeplax.models import xception
@@ -37,20 +39,13 @@ def rng(seed=0):
 
 
 def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(str(CONFIG_DIR / f"{name}.py"))
 
 
 def with_fields(cfg, **fields):
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   cfg.update(fields)
   return cfg
-
-
-def param_count(tree):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 def tree_shapes(tree):

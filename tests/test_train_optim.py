@@ -81,13 +81,10 @@ def test_momentum_classifier_multiplier_and_clipping():
                                   "deeplab_v3_block7", "deeplab_v3plus_xception65", "shapes"])
 def test_paper_configs_have_training_settings(name):
   """Every config validates and its optimiser masks match its model (shapes only, no compute)."""
-  import importlib.util
   from deeplax import models
   from deeplax import train
-  spec = importlib.util.spec_from_file_location(name, f"configs/{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = train.prepare_config(module.get_config(), check_devices=False)
+  from deeplax.cli import load_config_file
+  config = train.prepare_config(load_config_file(f"configs/{name}.py"), check_devices=False)
   assert config.data.name in ("voc", "shapes") and config.total_steps > 0
   model = models.build(config.model)
   crop = config.data.crop_size

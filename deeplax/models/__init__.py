@@ -12,7 +12,9 @@ The variable tree does not depend on `output_stride`: train at 16, then
 
 import importlib
 
+import jax
 import ml_collections
+import numpy as np
 
 # config.model.name -> module providing `from_config(model_config) -> nn.Module`.
 _REGISTRY = {
@@ -34,3 +36,8 @@ def build(model_config: ml_collections.ConfigDict):
     raise ValueError(f"unknown model name {name!r} in config.model.name; "
                      f"known names: {', '.join(model_names())}")
   return importlib.import_module(_REGISTRY[name]).from_config(model_config)
+
+
+def param_count(params) -> int:
+  """Number of parameters in a pytree of arrays or ShapeDtypeStructs (e.g. from jax.eval_shape)."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
