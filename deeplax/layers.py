@@ -36,6 +36,28 @@ def symmetric_padding(kernel_size: int, rate: int = 1) -> Tuple[int, int]:
   return (total // 2, total - total // 2)
 
 
+def _conv_or_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
+                    dimension_numbers=None, feature_group_count=1, precision=None):
+  """`lax.conv_general_dilated` (NHWC, HWIO), with 1x1 kernels as a matrix product.
+
+  Same numbers; on XLA CPU the matmul's gradients need no transposed copy of the activations
+  (the convolution's weight gradient does, and XLA fuses the residual stream into those copies).
+  """
+  pointwise = (rhs.shape[0] == rhs.shape[1] == 1 and feature_group_count == 1
+               and (isinstance(padding, str) or all(tuple(p) == (0, 0) for p in padding))
+               and (lhs_dilation is None or all(d == 1 for d in lhs_dilation)))
+  if not pointwise:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        precision=precision)
+  # NHWC x HWIO, the layout flax gives every deeplax model.
+  sy, sx = window_strides
+  if (sy, sx) != (1, 1):
+    lhs = lhs[:, ::sy, ::sx, :]
+  return jax.lax.dot_general(lhs, rhs[0, 0], (((3,), (0,)), ((), ())), precision=precision)
+
+
 def atrous_conv(features: int, kernel_size: int = 3, *, stride: int = 1, rate: int = 1,
                 use_bias: bool = False, feature_group_count: int = 1, dtype: Dtype = jnp.float32,
                 name: Optional[str] = None) -> nn.Conv:
@@ -45,7 +67,7 @@ def atrous_conv(features: int, kernel_size: int = 3, *, stride: int = 1, rate: i
                  kernel_dilation=(rate, rate), padding=(pad, pad), use_bias=use_bias,
                  feature_group_count=feature_group_count, dtype=dtype, param_dtype=jnp.float32,
                  kernel_init=conv_kernel_init if feature_group_count == 1 else depthwise_kernel_init,
-                 name=name)
+                 conv_general_dilated=_conv_or_matmul, name=name)
 
 
 def batch_norm(train: bool, *, axis_name: Optional[str] = None, momentum: float = 0.9997,

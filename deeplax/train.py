@@ -84,7 +84,21 @@ def prepare_config(config: ml_collections.ConfigDict,
   if config.loss.target_mode not in losses.TARGET_MODES:
     raise ValueError(f"unknown config.loss.target_mode {config.loss.target_mode!r}; "
                      f"expected one of {losses.TARGET_MODES}")
+  _warn_misaligned(config)
   return config
+
+
+def _warn_misaligned(config) -> None:
+  """align_corners=True upsampling is exact only for sizes 16k+1 (TF DeepLab's 513): otherwise
+  the logits are stretched against the labels and boundaries shift (by up to stride / 2)."""
+  if not config.model.get("align_corners", False):
+    return
+  sizes = {"data.crop_size": config.data.crop_size, "data.eval_pad_size": config.data.eval_pad_size,
+           "data.eval_pad_width": config.data.eval_pad_width}
+  for key, size in sizes.items():
+    if size is not None and (int(size) - 1) % 16:
+      logging.warning("config.model.align_corners=True but config.%s=%d is not 16k+1: "
+                      "predictions will be misaligned with the labels", key, int(size))
 
 
 # --------------------------------------------------------------------------------------------

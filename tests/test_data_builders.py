@@ -222,15 +222,42 @@ def test_shapes_deterministic_with_all_classes(tmp_path):
   assert seen == set(range(len(shapes.CLASS_NAMES)))
 
 
-def test_shapes_colour_does_not_tell_the_class():
-  """Mean colours of the shape classes are alike: the model has to learn shapes."""
-  means = {c: [] for c in range(1, 5)}
-  for i in range(150):  # ~100 instances per class: the class means are within ~8 of each other
+def _hue(rgb):
+  import colorsys
+  return colorsys.rgb_to_hsv(*(np.asarray(rgb, float) / 255))[0]
+
+
+def test_shapes_colour_families_and_background_of_every_hue():
+  """Each shape class keeps its hue band; the background covers every band, so colour alone does
+  not separate a shape from background (edges and shape must)."""
+  instance_hues = {c: [] for c in range(1, 5)}
+  background_hues = []
+  for i in range(60):
     image, label = shapes.generate(0, "train", i, 96, 96)
-    for c in means:
+    for c in instance_hues:
       if (label == c).sum() > 30:
-        means[c].append(image[label == c].mean(0))
-  overall = np.concatenate([np.array(v) for v in means.values()]).mean(0)
-  for c, values in means.items():
-    assert len(values) >= 5, c
-    assert np.abs(np.mean(values, 0) - overall).max() < 30, (c, np.mean(values, 0), overall)
+        instance_hues[c].append(_hue(np.median(image[label == c], 0)))
+    bg = image[label == 0]
+    background_hues += [_hue(p) for p in bg[:: max(1, len(bg) // 50)]]
+  background_hues = np.array(background_hues)
+  for c, hues in instance_hues.items():
+    assert len(hues) >= 5, c
+    centre = shapes.CLASS_HUES[c]
+    dist = np.abs((np.array(hues) - centre + 0.5) % 1.0 - 0.5)
+    assert np.median(dist) < 0.08, (shapes.CLASS_NAMES[c], np.median(dist))
+    # A sizeable share of background pixels lies in this class's hue band too.
+    bg_dist = np.abs((background_hues - centre + 0.5) % 1.0 - 0.5)
+    assert np.mean(bg_dist < 0.08) > 0.03, (shapes.CLASS_NAMES[c], np.mean(bg_dist < 0.08))
+
+
+def test_shapes_are_whole_and_apart():
+  """Shapes do not overlap or touch: each connected label region holds one class."""
+  for i in range(20):
+    image, label = shapes.generate(0, "val", i, 128, 128)
+    fg = label > 0
+    # 4-neighbours of different shape classes never meet (shapes are >= 3 px apart).
+    for a, b in ((label[1:], label[:-1]), (label[:, 1:], label[:, :-1])):
+      assert not np.any((a > 0) & (b > 0) & (a != b)), i
+    assert fg.any()
+    # Whole: no shape is cut by the image border.
+    assert not (label[0].any() or label[-1].any() or label[:, 0].any() or label[:, -1].any()), i

@@ -48,3 +48,29 @@ def test_depthwise_kernels_keep_the_signal_scale():
   kernel = conv.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 64)))["params"]["kernel"]
   assert kernel.shape == (3, 3, 1, 64)
   np.testing.assert_allclose(np.std(kernel), np.sqrt(2 / 9), rtol=0.15)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv_as_matmul_matches_convolution(stride):
+  """1x1 convolutions run as a matrix product (layers._conv_or_matmul): same values and
+  gradients as lax.conv_general_dilated, strided included (odd size: ceil(H / stride))."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 7, 5)), jnp.float32)
+  conv = layers.atrous_conv(6, 1, stride=stride)
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  kernel = variables["params"]["kernel"]
+
+  def reference(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(0, 0), (0, 0)],
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  jaxpr = str(jax.make_jaxpr(lambda x: conv.apply(variables, x))(x))
+  assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
+  ours = conv.apply(variables, x)
+  np.testing.assert_allclose(ours, reference(x, kernel), rtol=1e-5, atol=1e-5)
+  assert ours.shape == (2, -(-9 // stride), -(-7 // stride), 6)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  g_ours = jax.grad(loss(lambda x, k: conv.apply({"params": {"kernel": k}}, x)), (0, 1))(x, kernel)
+  g_ref = jax.grad(loss(reference), (0, 1))(x, kernel)
+  for a, b in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

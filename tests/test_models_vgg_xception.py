@@ -8,6 +8,7 @@ no compute); real compute uses narrow VGG stages, 'xception_tiny' and 'resnet_ti
 import functools
 import importlib.util
 import pathlib
+from unittest import mock
 
 import jax
 import jax.extend
@@ -76,8 +77,11 @@ def conv_eqns(jaxpr):
 
 
 def traced_convs(model, variables, size):
+  """The model's convolutions as traced, 1x1 ones included (layers._conv_or_matmul lowers those to
+  a matmul, so it is swapped for the plain convolution while tracing)."""
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  return conv_eqns(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, images))
+  with mock.patch.object(layers, "_conv_or_matmul", jax.lax.conv_general_dilated):
+    return conv_eqns(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, images))
 
 
 def tiny_v1(**fields):

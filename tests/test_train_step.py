@@ -158,3 +158,18 @@ def test_config_errors():
     c = _config()
     c.data.crop = 3
     train.prepare_config(c)
+
+
+def test_align_corners_with_sizes_not_16k_plus_1_warns(caplog):
+  """align_corners=True is exact only for 16k+1 crops and eval sizes; others are flagged."""
+  import logging
+  c = _config()
+  c.model.align_corners = True
+  c.data.crop_size, c.data.eval_pad_size = 113, 145
+  with caplog.at_level(logging.WARNING):
+    train.prepare_config(c)
+  assert "not 16k+1" not in caplog.text
+  c.data.crop_size = 112
+  with caplog.at_level(logging.WARNING):
+    train.prepare_config(c)
+  assert "config.data.crop_size=112 is not 16k+1" in caplog.text

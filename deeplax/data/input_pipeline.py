@@ -44,15 +44,17 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.eval_split = "val"
   # Training augmentation. The papers' VOC settings (their configs set them): v2 §4.1 scale
   # [0.5, 1.5], crop 321; v3 §4.1 scale [0.5, 2.0], crop 513, flip. Defaults suit shapes.
-  c.crop_size = 128
+  # Sizes of 16k+1 (113, 145, 513) put the corner pixels of output-stride-16/8 features exactly
+  # on image pixels, as the models' align_corners=True upsampling assumes (TF DeepLab's 513).
+  c.crop_size = 113
   c.min_scale = 0.75
-  c.max_scale = 1.5
+  c.max_scale = 1.25
   c.random_flip = True
   c.normalization = "imagenet"  # 'imagenet' (torchvision mean/std) | 'inception' ([-1, 1])
   # Evaluation: pad every image (bottom/right) to eval_pad_size x eval_pad_width for static
   # shapes (VOC: 513; Cityscapes: 1024 x 2048); width None = square. eval_pad_size None = batch
   # size 1 at native size.
-  c.eval_pad_size = 224
+  c.eval_pad_size = 145
   c.eval_pad_width = ml_collections.config_dict.placeholder(int)
   c.eval_batch_size = 8  # global, over all processes; divided by the process count
   c.ignore_label = 255  # the label value of ignored pixels in the batches
@@ -68,7 +70,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.num_parallel_calls = -1  # parallel decode/augment calls; -1 = tf.data.AUTOTUNE
   # The built-in synthetic dataset (deeplax.data.shapes).
   c.shapes = ml_collections.ConfigDict(
-      dict(seed=0, num_train=400, num_val=100, min_size=160, max_size=224))
+      dict(seed=0, num_train=400, num_val=100, min_size=112, max_size=144))
   # A folder dataset's classes when its root has no classes.txt (deeplax.data.folder).
   c.folder = ml_collections.ConfigDict()
   c.folder.num_classes = ml_collections.config_dict.placeholder(int)

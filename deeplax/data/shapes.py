@@ -1,13 +1,15 @@
-"""The built-in synthetic dataset: textured shapes on textured backgrounds, generated from a seed.
+"""The built-in synthetic dataset: whole shapes on smooth random-colour backgrounds, from a seed.
 
-Classes: background, disc, square, triangle, bar (a thin bar, 8-14 px wide). Colours are drawn per
-instance independently of the class, from the same distribution as the background's colours, so
-only shape tells the classes apart. Shapes are drawn in random order and occlude each other;
-every shape keeps a minimum colour contrast to what it covers, so that it is visible. Each image
-is generated from `np.random.default_rng([seed, split, index])`: deterministic, order-free, no
+Classes: background, disc, square, triangle, bar. Each image holds 1-4 whole, non-overlapping
+shapes of random size and orientation. Like real categories (sky, grass), each shape class has
+a colour family, a hue band with random saturation and brightness, while the background spans
+every hue: colour hints at the class, but only edges and shape separate a shape from background
+of its own colour (every shape keeps a minimum contrast to what it covers). Each image is
+generated from `np.random.default_rng([seed, split, index])`: deterministic, order-free, no
 download.
 """
 
+import colorsys
 import dataclasses
 
 import numpy as np
@@ -18,8 +20,15 @@ from deeplax.data import common
 CLASS_NAMES = ("background", "disc", "square", "triangle", "bar")
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200]],
                    np.uint8)
+# Centre of each shape class's hue band (HSV hue in [0, 1)): red, green, yellow, blue.
+CLASS_HUES = {1: 0.0, 2: 1 / 3, 3: 1 / 6, 4: 0.6}
+HUE_JITTER = 0.04
 SPLIT_CODES = {"train": 0, "val": 1}
 _MIN_CONTRAST = 80.0  # L2 distance in RGB between a shape's colour and what it covers
+# Size ranges in pixels: disc radius, square half-side, triangle circumradius, bar half-length
+# and half-width.
+_SIZES = dict(disc=(12, 26), square=(11, 22), triangle=(16, 32), bar_length=(22, 45),
+              bar_width=(4, 7))
 
 
 def _texture(rng, yy, xx, colour, strength=(0.15, 0.45), kinds=(0, 1, 2)):
@@ -39,40 +48,71 @@ def _texture(rng, yy, xx, colour, strength=(0.15, 0.45), kinds=(0, 1, 2)):
 
 
 def _background(rng, height, width, yy, xx):
-  """A smooth random colour field (bilinear from a coarse grid) overlaid with a texture."""
-  grid = rng.uniform(0, 255, (4, 4, 3))
-  gy = yy / max(height - 1, 1) * 3
-  gx = xx / max(width - 1, 1) * 3
-  y0 = np.minimum(gy.astype(int), 2)
-  x0 = np.minimum(gx.astype(int), 2)
+  """A smooth random colour field (bilinear from a 3x3 grid) blended with a mild texture."""
+  grid = rng.uniform(0, 255, (3, 3, 3))
+  gy = yy / max(height - 1, 1) * 2
+  gx = xx / max(width - 1, 1) * 2
+  y0 = np.minimum(gy.astype(int), 1)
+  x0 = np.minimum(gx.astype(int), 1)
   fy, fx = (gy - y0)[..., None], (gx - x0)[..., None]
   field = (grid[y0, x0] * (1 - fy) * (1 - fx) + grid[y0 + 1, x0] * fy * (1 - fx)
            + grid[y0, x0 + 1] * (1 - fy) * fx + grid[y0 + 1, x0 + 1] * fy * fx)
-  return 0.4 * field + 0.6 * _texture(rng, yy, xx, rng.uniform(0, 255, 3), strength=(0.15, 0.5),
-                                          kinds=(1, 2, 2))
+  return 0.6 * field + 0.4 * _texture(rng, yy, xx, rng.uniform(0, 255, 3), strength=(0.1, 0.4))
+
+
+def class_colour(rng, cls):
+  """A random RGB colour (float [3], 0-255) from the hue band of shape class `cls`."""
+  hue = (CLASS_HUES[cls] + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
+  return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0))) * 255
 
 
 def _shape_mask(rng, cls, yy, xx, height, width):
-  cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+  """A whole shape of class `cls` at a random place and orientation: bool [H, W]."""
+  name = CLASS_NAMES[cls]
   theta = rng.uniform(0, 2 * np.pi)
+  if name == "disc":
+    size = rng.uniform(*_SIZES["disc"])
+    reach = size
+  elif name == "square":
+    size = rng.uniform(*_SIZES["square"])
+    reach = size * np.sqrt(2)
+  elif name == "triangle":
+    size = rng.uniform(*_SIZES["triangle"])
+    reach = size
+  elif name == "bar":
+    size = (rng.uniform(*_SIZES["bar_length"]), rng.uniform(*_SIZES["bar_width"]))
+    reach = size[0]
+  else:
+    raise ValueError(f"no shape for class {cls}")
+  reach = min(reach, min(height, width) / 2 - 1)  # tiny images: the shape may be cut
+  cy, cx = rng.uniform(reach, height - reach), rng.uniform(reach, width - reach)
   u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
   v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta)
-  name = CLASS_NAMES[cls]
   if name == "disc":
-    return u ** 2 + v ** 2 <= rng.uniform(16, 38) ** 2
+    return u ** 2 + v ** 2 <= size ** 2
   if name == "square":
-    half = rng.uniform(14, 32)
-    return (np.abs(u) <= half) & (np.abs(v) <= half)
-  if name == "triangle":  # equilateral, circumradius r: inside the three edge half-planes
-    r = rng.uniform(24, 50)
+    return (np.abs(u) <= size) & (np.abs(v) <= size)
+  if name == "triangle":  # equilateral, circumradius `size`: inside the three edge half-planes
     inside = np.ones_like(u, bool)
     for k in range(3):
       a = 2 * np.pi * k / 3
-      inside &= u * np.cos(a) + v * np.sin(a) <= r / 2
+      inside &= u * np.cos(a) + v * np.sin(a) <= size / 2
     return inside
-  if name == "bar":
-    return (np.abs(u) <= rng.uniform(30, 70)) & (np.abs(v) <= rng.uniform(4, 7))
-  raise ValueError(f"no shape for class {cls}")
+  return (np.abs(u) <= size[0]) & (np.abs(v) <= size[1])
+
+
+def _grow(mask, k=3):
+  """Binary dilation by a (2k+1)^2 square (separable)."""
+  out = mask.copy()
+  for axis in (0, 1):
+    grown = out.copy()
+    for shift in range(1, k + 1):
+      grown[tuple(slice(shift, None) if a == axis else slice(None) for a in range(2))] |= \
+          out[tuple(slice(None, -shift) if a == axis else slice(None) for a in range(2))]
+      grown[tuple(slice(None, -shift) if a == axis else slice(None) for a in range(2))] |= \
+          out[tuple(slice(shift, None) if a == axis else slice(None) for a in range(2))]
+    out = grown
+  return out
 
 
 def render(rng: np.random.Generator, height: int, width: int):
@@ -80,19 +120,25 @@ def render(rng: np.random.Generator, height: int, width: int):
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
   image = _background(rng, height, width, yy, xx)
   label = np.zeros((height, width), np.uint8)
-  for _ in range(rng.integers(2, 6)):
+  occupied = np.zeros((height, width), bool)  # the shapes so far, grown by 3 px
+  wanted, placed = int(rng.integers(1, 5)), 0
+  for _ in range(40):  # placement attempts
+    if placed == wanted:
+      break
     cls = int(rng.integers(1, len(CLASS_NAMES)))
     mask = _shape_mask(rng, cls, yy, xx, height, width)
-    if mask.sum() < 20:
+    if mask.sum() < 20 or (mask & occupied).any():
       continue
     covered = image[mask].mean(axis=0)
-    colour = rng.uniform(0, 255, 3)
+    colour = class_colour(rng, cls)
     for _ in range(20):
       if np.linalg.norm(colour - covered) >= _MIN_CONTRAST:
         break
-      colour = rng.uniform(0, 255, 3)
+      colour = class_colour(rng, cls)
     image[mask] = _texture(rng, yy, xx, colour, strength=(0.0, 0.3), kinds=(0, 1))[mask]
     label[mask] = cls
+    occupied |= _grow(mask)
+    placed += 1
   image += rng.normal(0, 6, image.shape)
   return np.clip(np.round(image), 0, 255).astype(np.uint8), label
 
@@ -109,11 +155,11 @@ class ShapesConfig(tfds.core.BuilderConfig):
   seed: int = 0
   num_train: int = 400
   num_val: int = 100
-  min_size: int = 160
-  max_size: int = 224
+  min_size: int = 112
+  max_size: int = 144
 
 
-def shapes_config(seed=0, num_train=400, num_val=100, min_size=160, max_size=224) -> ShapesConfig:
+def shapes_config(seed=0, num_train=400, num_val=100, min_size=112, max_size=144) -> ShapesConfig:
   """A builder config named after its parameters (each gets its own directory in data_dir)."""
   if not 0 < min_size <= max_size:
     raise ValueError(f"shapes: need 0 < min_size <= max_size; got {min_size}, {max_size}")
@@ -128,10 +174,12 @@ def shapes_config(seed=0, num_train=400, num_val=100, min_size=160, max_size=224
 class DeeplaxShapes(tfds.core.GeneratorBasedBuilder):
   """Synthetic shapes segmentation: 4 shape classes + background, no download."""
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {"1.1.0": "denser scenes, smaller shapes, milder background textures",
                    "1.2.0": "2-5 larger shapes with flat or gradient fills: learnable on a CPU in "
-                            "minutes, still only by shape"}
+                            "minutes, still only by shape",
+                   "2.0.0": "1-4 whole, non-overlapping shapes with a colour family per class on "
+                            "smooth backgrounds of every hue"}
   BUILDER_CONFIGS = [shapes_config()]
 
   def _info(self) -> tfds.core.DatasetInfo:
