@@ -36,13 +36,31 @@ def symmetric_padding(kernel_size: int, rate: int = 1) -> Tuple[int, int]:
   return (total // 2, total - total // 2)
 
 
+def _drop_padding_only_taps(size_HW, rhs, padding, rhs_dilation):
+  """Along an axis where the atrous rate is >= the input size, every tap but the centre reads only
+  zero padding (v3 §3.3, Fig. 4: the filter degenerates to its centre weight); keep just that tap.
+  Exact in values and gradients (the dropped taps' gradients are zero anyway)."""
+  padding, rhs_dilation = [tuple(p) for p in padding], list(rhs_dilation)
+  for axis in (0, 1):
+    k, rate = rhs.shape[axis], rhs_dilation[axis]
+    centred = k % 2 == 1 and padding[axis] == (rate * (k // 2),) * 2
+    if k > 1 and centred and rate >= size_HW[axis]:
+      rhs = jax.lax.slice_in_dim(rhs, k // 2, k // 2 + 1, axis=axis)
+      padding[axis], rhs_dilation[axis] = (0, 0), 1
+  return rhs, padding, tuple(rhs_dilation)
+
+
 def _conv_or_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
                     dimension_numbers=None, feature_group_count=1, precision=None):
-  """`lax.conv_general_dilated` (NHWC, HWIO), with 1x1 kernels as a matrix product.
+  """`lax.conv_general_dilated` (NHWC, HWIO), without the taps that read only padding, and with
+  1x1 kernels (also atrous ones whose rate is >= the input size) as a matrix product.
 
   Same numbers; on XLA CPU the matmul's gradients need no transposed copy of the activations
   (the convolution's weight gradient does, and XLA fuses the residual stream into those copies).
   """
+  if (tuple(window_strides) == (1, 1) and rhs_dilation is not None and not isinstance(padding, str)
+      and (lhs_dilation is None or all(d == 1 for d in lhs_dilation))):
+    rhs, padding, rhs_dilation = _drop_padding_only_taps(lhs.shape[1:3], rhs, padding, rhs_dilation)
   pointwise = (rhs.shape[0] == rhs.shape[1] == 1 and feature_group_count == 1
                and (isinstance(padding, str) or all(tuple(p) == (0, 0) for p in padding))
                and (lhs_dilation is None or all(d == 1 for d in lhs_dilation)))

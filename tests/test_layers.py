@@ -74,3 +74,29 @@ def test_pointwise_conv_as_matmul_matches_convolution(stride):
   g_ref = jax.grad(loss(reference), (0, 1))(x, kernel)
   for a, b in zip(g_ours, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rate,expect_matmul", [(3, False), (8, False), (10, True)])
+def test_atrous_taps_that_read_only_padding_are_dropped_exactly(rate, expect_matmul):
+  """v3 §3.3 / Fig. 4: at a rate >= the input size only the centre weight sees the image. On a
+  9x7 input, rate 8 keeps the 3 rows of taps and drops the off-centre columns; rate 10 is a 1x1
+  conv (a matmul). Values and gradients equal the full atrous convolution."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 9, 7, 4)), jnp.float32)
+  conv = layers.atrous_conv(5, 3, rate=rate)
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  kernel = variables["params"]["kernel"]
+
+  def reference(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), [(rate, rate), (rate, rate)],
+                                        rhs_dilation=(rate, rate),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  jaxpr = str(jax.make_jaxpr(lambda x: conv.apply(variables, x))(x))
+  assert ("conv_general_dilated" not in jaxpr) == expect_matmul
+  np.testing.assert_allclose(conv.apply(variables, x), reference(x, kernel), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  g_ours = jax.grad(loss(lambda x, k: conv.apply({"params": {"kernel": k}}, x)), (0, 1))(x, kernel)
+  g_ref = jax.grad(loss(reference), (0, 1))(x, kernel)
+  for a, b in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
