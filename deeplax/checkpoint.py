@@ -24,6 +24,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from deeplax.convert import flatten, unflatten  # nested-dict <-> path-tuple helpers
+
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 ITEM_NAMES = ("state", "data")
@@ -198,26 +200,6 @@ def latest_step(workdir: str) -> Optional[int]:
 # --------------------------------------------------------------------------------------------
 # Partial initialisation (config.init_from).
 
-def _flatten(tree, prefix=()):
-  out = {}
-  if isinstance(tree, Mapping):
-    for k, v in tree.items():
-      out.update(_flatten(v, prefix + (str(k),)))
-  else:
-    out[prefix] = tree
-  return out
-
-
-def _unflatten(flat):
-  tree = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree
-
-
 def merge_matching(target: Mapping[str, Any], source: Mapping[str, Any]
                    ) -> Tuple[Dict[str, Any], Dict[str, list]]:
   """Copies every `source` leaf whose name and shape match a `target` leaf.
@@ -227,7 +209,7 @@ def merge_matching(target: Mapping[str, Any], source: Mapping[str, Any]
   keys 'loaded', 'missing' (in target, not in source: kept fresh), 'mismatched' (same name, other
   shape or dtype: kept fresh), 'unused' (in source, not in target); names are '/'-joined paths.
   """
-  flat_t, flat_s = _flatten(target), _flatten(source)
+  flat_t, flat_s = flatten(target), flatten(source)
   merged, report = {}, {"loaded": [], "missing": [], "mismatched": [], "unused": []}
   for path, t in flat_t.items():
     name = "/".join(path)
@@ -242,4 +224,4 @@ def merge_matching(target: Mapping[str, Any], source: Mapping[str, Any]
       report["loaded"].append(name)
       merged[path] = np.asarray(s).astype(np.asarray(t).dtype if not hasattr(t, "dtype") else t.dtype)
   report["unused"] = ["/".join(p) for p in flat_s if p not in flat_t]
-  return _unflatten(merged), report
+  return unflatten(merged), report

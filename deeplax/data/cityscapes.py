@@ -53,14 +53,8 @@ class DeeplaxCityscapes(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=common.segmentation_features("png"),
-        supervised_keys=("image", "label"),
-        homepage="https://www.cityscapes-dataset.com",
-        metadata=common.class_metadata(CLASS_NAMES, PALETTE),
-    )
+    return common.segmentation_info(self, "png", CLASS_NAMES, PALETTE, __doc__,
+                                     homepage="https://www.cityscapes-dataset.com")
 
   def _split_generators(self, dl_manager):
     root = os.fspath(dl_manager.manual_dir)

@@ -8,7 +8,7 @@ decoding any label.
 """
 
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -26,6 +26,16 @@ def segmentation_features(image_format: str) -> tfds.features.FeaturesDict:
       "id": tfds.features.Text(),
       "classes_present": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
   })
+
+
+def segmentation_info(builder, image_format: str, class_names: Sequence[str], palette,
+                      description: str, homepage: Optional[str] = None) -> tfds.core.DatasetInfo:
+  """The DatasetInfo every deeplax segmentation builder shares: features, supervised keys
+  (image, label) and class names + palette in the metadata."""
+  return tfds.core.DatasetInfo(
+      builder=builder, description=description, features=segmentation_features(image_format),
+      supervised_keys=("image", "label"), homepage=homepage,
+      metadata=class_metadata(class_names, palette))
 
 
 def class_metadata(class_names: Sequence[str], palette) -> tfds.core.MetadataDict:

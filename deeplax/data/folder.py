@@ -130,13 +130,7 @@ class DeeplaxFolder(tfds.core.GeneratorBasedBuilder):
     super().__init__(config=config, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=common.segmentation_features("png"),
-        supervised_keys=("image", "label"),
-        metadata=common.class_metadata(self.class_names, self.palette),
-    )
+    return common.segmentation_info(self, "png", self.class_names, self.palette, __doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager

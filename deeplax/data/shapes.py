@@ -183,13 +183,7 @@ class DeeplaxShapes(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [shapes_config()]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=common.segmentation_features("png"),
-        supervised_keys=("image", "label"),
-        metadata=common.class_metadata(CLASS_NAMES, PALETTE),
-    )
+    return common.segmentation_info(self, "png", CLASS_NAMES, PALETTE, __doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager

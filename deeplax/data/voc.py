@@ -70,14 +70,9 @@ class DeeplaxVoc(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=common.segmentation_features("jpeg"),
-        supervised_keys=("image", "label"),
-        homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-        metadata=common.class_metadata(CLASS_NAMES, viz.voc_palette(len(CLASS_NAMES))),
-    )
+    return common.segmentation_info(self, "jpeg", CLASS_NAMES, viz.voc_palette(len(CLASS_NAMES)),
+                                     __doc__,
+                                     homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/")
 
   def _split_generators(self, dl_manager):
     root = os.fspath(dl_manager.manual_dir)
