@@ -75,6 +75,51 @@ def test_lattice_filter_padded_channels_blocks_and_transpose():
                              rtol=1e-4)
 
 
+@pytest.mark.parametrize("sigma_rgb", [10.0, None])  # 6 and 3 blur directions
+def test_filter_in_reused_tables_ignores_what_they_held(sigma_rgb):
+  """Mean-field iterations filter in reused lattice tables (the workspace) and zero only the
+  rows they read: tables full of NaN give the fresh-table result, value and gradient."""
+  image = _photo(40, 50)
+  n = 40 * 50
+  lat = _BUILD(pixel_features(jnp.asarray(image), 4.0, sigma_rgb), 6 * n)  # > one chunk
+  assert not bool(lat.overflow) and int(lat.num_points) < lat.blur_n1_JM.shape[1] - 1
+  values = jnp.asarray(np.random.default_rng(3).random((n, 21)), jnp.float32)
+  garbage = jax.tree.map(lambda t: jnp.full_like(t, jnp.nan),
+                         lattice_lib.filter_workspace(lat, 21))
+  reused = jax.jit(lattice_lib.weighted_filter)
+  out, workspace = reused(lat, lat, values, garbage)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(_FILTER(lat, values)), rtol=1e-6,
+                             atol=1e-6)
+  again, _ = reused(lat, lat, 0.5 * values, workspace)  # tables of the previous call
+  np.testing.assert_allclose(np.asarray(again), 0.5 * np.asarray(out), rtol=1e-5, atol=1e-6)
+  u = jnp.asarray(np.random.default_rng(4).random((n, 21)), jnp.float32)
+  grad = jax.grad(lambda v: jnp.vdot(reused(lat, lat, v, garbage)[0], u))(values)
+  grad_fresh = jax.grad(lambda v: jnp.vdot(lattice_lib.lattice_filter(lat, v), u))(values)
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(grad_fresh), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_crf_core_reuses_tables_of_the_last_size(small):
+  """dense_crf_core keeps one set of lattice tables for the next call on the same size: after a
+  noisy image (many lattice points) a smooth one gets the fresh-table result; a new size
+  replaces the set; release_workspaces frees it."""
+  from deeplax.crf import inference
+  params = crf.CRFParams(w1=4.0, sigma_alpha=6.0, sigma_beta=5.0, w2=3.0, sigma_gamma=1.0)
+  image, unary = small
+  noise = np.random.default_rng(5).integers(0, 256, image.shape, dtype=np.uint8)
+  crf.release_workspaces()
+  jax.block_until_ready(crf.dense_crf_core(unary, noise, params))
+  assert len(inference._WORKSPACE_CACHE) == 1
+  q_reused, _ = crf.dense_crf_core(unary, image, params)
+  q_fresh, _ = inference._core(unary, image, inference._numeric(params), None, 10, None, 2.0,
+                               False, 1)
+  np.testing.assert_allclose(np.asarray(q_reused), np.asarray(q_fresh), atol=1e-6)
+  other = _photo(12, 16)
+  crf.dense_crf_core(_smooth_unary(12, 16, 4), other, params)
+  assert [k[0] for k in inference._WORKSPACE_CACHE] == [(12, 16, 4)]
+  crf.release_workspaces()
+  assert not inference._WORKSPACE_CACHE
+
+
 @pytest.mark.parametrize("normalization", ["none", "before", "after", "symmetric"])
 def test_mean_field_exact_with_separable_spatial_kernel(small, normalization):
   """The mean-field machinery is exact where the filter is: separable spatial vs O(N^2)."""

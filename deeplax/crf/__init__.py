@@ -7,6 +7,7 @@ cross-validation of w1, σα, σβ; dense_crf_exact: the O(N^2) reference.
 
 from deeplax.crf.params import CRFParams, NORMALIZATIONS, PRESETS
 from deeplax.crf.inference import (check_inputs, dense_crf, dense_crf_batch,
-                                   dense_crf_batch_core, dense_crf_core, mean_field)
+                                   dense_crf_batch_core, dense_crf_core, mean_field,
+                                   release_workspaces)
 from deeplax.crf.exact import dense_crf_exact
 from deeplax.crf.layer import DenseCRF

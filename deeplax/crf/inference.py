@@ -103,17 +103,18 @@ def apply_kernel(kernel: Kernel, values_NC, hw):
   return out * kernel.post_N[:, None]
 
 
-def _prepared_filter(kernel: Kernel, hw):
-  """apply_kernel as a function of the values, with the lattice's per-pixel norms folded
-  into its splat and slice weights once (instead of scaling [N, C] values every iteration)."""
+def _prepared_filter(kernel: Kernel, hw, channels: int, dtype=jnp.float32):
+  """apply_kernel as (values, workspace) -> (filtered, workspace), with the lattice's per-pixel
+  norms folded into its splat and slice weights once (instead of scaling [N, C] values every
+  iteration), and the lattice tables reused from call to call (the workspace); also returns
+  the initial workspace."""
   if kernel.lattice is None:
-    return lambda values_NC: apply_kernel(kernel, values_NC, hw)
+    return (lambda values_NC, workspace: (apply_kernel(kernel, values_NC, hw), workspace)), ()
   lattice = kernel.lattice
   splat_lattice = lattice._replace(weight_NR=lattice.weight_NR * kernel.pre_N[:, None])
   slice_lattice = lattice._replace(weight_NR=lattice.weight_NR * kernel.post_N[:, None])
-  return lambda values_NC: lattice_lib.slice_values(
-      slice_lattice, lattice_lib.blur(lattice, lattice_lib.splat(splat_lattice, values_NC)),
-      values_NC.shape[1])
+  apply = functools.partial(lattice_lib.weighted_filter, splat_lattice, slice_lattice)
+  return apply, lattice_lib.filter_workspace(lattice, channels, dtype)
 
 
 def build_kernels(image_HW3, sigma_alpha, sigma_beta, sigma_gamma, normalization,
@@ -145,31 +146,40 @@ def build_kernels(image_HW3, sigma_alpha, sigma_beta, sigma_gamma, normalization
 
 
 def mean_field(unary_NC, kernels, weights, hw, num_iters: int,
-               compatibility_CC=None, return_all: bool = False):
+               compatibility_CC=None, return_all: bool = False, workspaces=None,
+               return_workspaces: bool = False):
   """`num_iters` mean-field updates; returns the final logits (log Q up to a constant).
 
   weights: one scalar per kernel; compatibility_CC: None for Potts, else mu [C, C] with the
   penalty convention of v2 §3.3 (message -= w mu K Q). With return_all, logits of every iterate
-  [num_iters + 1, N, C] (iterate 0 is -U).
+  [num_iters + 1, N, C] (iterate 0 is -U). workspaces: the lattice tables the iterations reuse
+  (default: fresh zeros; see `initial_workspaces`); with return_workspaces, (logits, workspaces).
   """
   hw = tuple(hw)
-  filters = [_prepared_filter(kernel, hw) for kernel in kernels]
+  prepared = [_prepared_filter(kernel, hw, unary_NC.shape[1], unary_NC.dtype)
+              for kernel in kernels]
 
-  def step(logits, _):
+  def step(carry, _):
+    logits, workspaces = carry
     q = jax.nn.softmax(logits, axis=-1)
     message = -unary_NC
-    for apply, weight in zip(filters, weights):
-      filtered = apply(q)
+    new_workspaces = []
+    for (apply, _), workspace, weight in zip(prepared, workspaces, weights):
+      filtered, workspace = apply(q, workspace)
+      new_workspaces.append(workspace)
       if compatibility_CC is None:
         message = message + weight * filtered
       else:
         message = message - weight * filtered @ compatibility_CC.T
-    return message, (message if return_all else None)
+    return (message, tuple(new_workspaces)), (message if return_all else None)
 
-  logits, history = jax.lax.scan(step, -unary_NC, None, length=num_iters)
+  if workspaces is None:
+    workspaces = tuple(workspace for _, workspace in prepared)
+  (logits, workspaces), history = jax.lax.scan(step, (-unary_NC, tuple(workspaces)), None,
+                                               length=num_iters)
   if return_all:
-    return jnp.concatenate([-unary_NC[None], history], 0)
-  return logits
+    logits = jnp.concatenate([-unary_NC[None], history], 0)
+  return (logits, workspaces) if return_workspaces else logits
 
 
 def _numeric(params: CRFParams):
@@ -183,10 +193,8 @@ def _static(params: CRFParams):
   return params.sigma_gamma if params.spatial_filter == "separable" else None
 
 
-@functools.partial(jax.jit, static_argnames=("static", "num_iters", "capacity_factor",
-                                             "return_all", "key_words"))
-def _core(unary_HWC, image_HW3, numeric, static, num_iters, valid_hw, capacity_factor,
-          return_all, key_words=1):
+def _core_impl(unary_HWC, image_HW3, numeric, static, num_iters, valid_hw, capacity_factor,
+               return_all, key_words=1, workspaces=None):
   separable_sigma = static
   w1, sigma_alpha, sigma_beta, w2, sigma_gamma = (numeric[i] for i in range(5))
   normalization = numeric[5].astype(jnp.int32)
@@ -195,11 +203,45 @@ def _core(unary_HWC, image_HW3, numeric, static, num_iters, valid_hw, capacity_f
                                               normalization, separable_sigma, valid_hw,
                                               capacity_factor, key_words)
   unary = jnp.where(valid_N[:, None], unary_HWC.reshape(h * w, c).astype(jnp.float32), 0.0)
-  logits = mean_field(unary, (bilateral, spatial), (w1, w2), (h, w), num_iters,
-                      return_all=return_all)
+  logits, workspaces = mean_field(unary, (bilateral, spatial), (w1, w2), (h, w), num_iters,
+                                  return_all=return_all, workspaces=workspaces,
+                                  return_workspaces=True)
   q = jax.nn.softmax(logits, axis=-1) * valid_N[:, None]
   shape = (num_iters + 1, h, w, c) if return_all else (h, w, c)
-  return q.reshape(shape), bilateral.overflow | spatial.overflow
+  return q.reshape(shape), bilateral.overflow | spatial.overflow, workspaces
+
+
+_STATIC = ("static", "num_iters", "capacity_factor", "return_all", "key_words")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _core(unary_HWC, image_HW3, numeric, static, num_iters, valid_hw, capacity_factor,
+          return_all, key_words=1):
+  return _core_impl(unary_HWC, image_HW3, numeric, static, num_iters, valid_hw,
+                    capacity_factor, return_all, key_words)[:2]
+
+
+# The same with the lattice tables passed in and returned (donated): calls on images of one size
+# reuse them instead of allocating, zeroing and page-faulting ~200 MB each time (VOC size).
+_core_reusing = jax.jit(_core_impl, static_argnames=_STATIC, donate_argnames=("workspaces",))
+_WORKSPACE_CACHE = {}  # the latest call's tables: {call signature: workspaces}
+_WORKSPACE_CACHE_MAX_BYTES = 1 << 30  # larger sets (e.g. 2048x1024 images) are not kept
+
+
+def release_workspaces():
+  """Frees the lattice tables `dense_crf_core` / `dense_crf` keep for the next call."""
+  _WORKSPACE_CACHE.clear()
+
+
+def initial_workspaces(unary_HWC, image_HW3, static, capacity_factor, key_words):
+  """Zero lattice tables for `_core_reusing` on inputs of these shapes."""
+  def init(unary, image):
+    h, w, c = unary.shape
+    kernels = build_kernels(image, 1.0, 1.0, 1.0, 0, static, None, capacity_factor,
+                            key_words)[:2]
+    return tuple(_prepared_filter(kernel, (h, w), c)[1] for kernel in kernels)
+  shapes = jax.eval_shape(init, unary_HWC, image_HW3)
+  return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
 
 def dense_crf_core(unary_HWC, image_HW3, params: CRFParams, num_iters: int = 10,
@@ -211,12 +253,26 @@ def dense_crf_core(unary_HWC, image_HW3, params: CRFParams, num_iters: int = 10,
   Q = 0 and do not influence the others. Weights, sigmas and the normalisation are traced (no
   recompilation when they change); spatial_filter is static. The flag is set when a lattice
   needs more than capacity_factor x H W points or its keys do not fit `key_words` uint32 words
-  (rerun with capacity_factor=6, key_words=2).
+  (rerun with capacity_factor=6, key_words=2). Called eagerly, it keeps the lattice tables of
+  the latest image size for the next call (one set, ~190 MB at VOC size, none above 1 GiB;
+  `release_workspaces()` frees them).
   """
   if valid_hw is not None:
     valid_hw = jnp.asarray(valid_hw, jnp.int32)
-  return _core(unary_HWC, image_HW3, _numeric(params), _static(params), int(num_iters),
-               valid_hw, float(capacity_factor), bool(return_all), int(key_words))
+  args = (_numeric(params), _static(params), int(num_iters), valid_hw, float(capacity_factor),
+          bool(return_all), int(key_words))
+  if any(isinstance(x, jax.core.Tracer) for x in (unary_HWC, image_HW3, valid_hw)):
+    return _core(unary_HWC, image_HW3, *args)
+  unary_HWC, image_HW3 = jnp.asarray(unary_HWC), jnp.asarray(image_HW3)
+  key = (unary_HWC.shape, image_HW3.shape, args[1], args[4], args[6])
+  workspaces = _WORKSPACE_CACHE.pop(key, None)
+  if workspaces is None:
+    _WORKSPACE_CACHE.clear()  # keep one set of tables only
+    workspaces = initial_workspaces(unary_HWC, image_HW3, args[1], args[4], args[6])
+  q, overflow, workspaces = _core_reusing(unary_HWC, image_HW3, *args, workspaces=workspaces)
+  if sum(x.nbytes for x in jax.tree.leaves(workspaces)) <= _WORKSPACE_CACHE_MAX_BYTES:
+    _WORKSPACE_CACHE[key] = workspaces
+  return q, overflow
 
 
 def check_inputs(unary_HWC, image_HW3, params: CRFParams, num_iters: int, valid_hw=None):
