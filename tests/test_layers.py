@@ -76,11 +76,14 @@ def test_pointwise_conv_as_matmul_matches_convolution(stride):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("rate,expect_matmul", [(3, False), (8, False), (10, True)])
-def test_atrous_taps_that_read_only_padding_are_dropped_exactly(rate, expect_matmul):
-  """v3 §3.3 / Fig. 4: at a rate >= the input size only the centre weight sees the image. On a
-  9x7 input, rate 8 keeps the 3 rows of taps and drops the off-centre columns; rate 10 is a 1x1
-  conv (a matmul). Values and gradients equal the full atrous convolution."""
+@pytest.mark.parametrize("rate,expect", [(1, "conv"), (3, "9 taps"), (8, "3 taps"),
+                                         (10, "matmul")])
+def test_atrous_conv_implementations_are_exact(rate, expect):
+  """On a 9x7 input: rate 1 stays a convolution (most taps read the image); at rate 3 most
+  tap-pixel products read padding, so the conv runs as 9 per-tap matmuls over the regions each
+  tap reaches; at rate 8 the off-centre columns read only padding (v3 §3.3, Fig. 4) and are
+  dropped, leaving 3 taps; rate 10 is a 1x1 conv (one matmul). Values and gradients equal the
+  full atrous convolution."""
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, 9, 7, 4)), jnp.float32)
   conv = layers.atrous_conv(5, 3, rate=rate)
@@ -93,10 +96,39 @@ def test_atrous_taps_that_read_only_padding_are_dropped_exactly(rate, expect_mat
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
   jaxpr = str(jax.make_jaxpr(lambda x: conv.apply(variables, x))(x))
-  assert ("conv_general_dilated" not in jaxpr) == expect_matmul
+  if expect == "conv":
+    assert "conv_general_dilated" in jaxpr and "dot_general" not in jaxpr
+  else:
+    assert "conv_general_dilated" not in jaxpr
+    assert jaxpr.count("dot_general") == (1 if expect == "matmul" else int(expect.split()[0]))
   np.testing.assert_allclose(conv.apply(variables, x), reference(x, kernel), rtol=1e-5, atol=1e-5)
   loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
   g_ours = jax.grad(loss(lambda x, k: conv.apply({"params": {"kernel": k}}, x)), (0, 1))(x, kernel)
   g_ref = jax.grad(loss(reference), (0, 1))(x, kernel)
   for a, b in zip(g_ours, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding,rate,dtype", [((5, 13), 9, jnp.float32),
+                                                ((6, 6), 3, jnp.float32),
+                                                ((24, 24), 24, jnp.bfloat16)])
+def test_per_tap_matmuls_match_convolution(padding, rate, dtype):
+  """_conv_or_matmul's per-tap path with asymmetric padding (a tap may reach only part of the
+  output, or nothing), a 5x5 kernel, and bfloat16 inputs (accumulated in float32)."""
+  rng = np.random.default_rng(2)
+  k = 5 if rate == 3 else 3
+  x = jnp.asarray(rng.normal(size=(2, 15, 41, 6)), dtype)
+  w = jnp.asarray(rng.normal(size=(k, k, 6, 3)) / 6, dtype)
+  pads = [padding, padding]
+  args = dict(rhs_dilation=(rate, rate), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert layers._atrous_by_taps(x, w, pads, (rate, rate), None) is not None
+  ref = lambda x, w: jax.lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32),
+                                                  (1, 1), pads, **args)
+  ours = lambda x, w: layers._conv_or_matmul(x, w, (1, 1), pads, **args)
+  tol = 1e-5 if dtype == jnp.float32 else 3e-2
+  assert ours(x, w).dtype == dtype and ours(x, w).shape == ref(x, w).shape
+  np.testing.assert_allclose(np.asarray(ours(x, w), np.float32), ref(x, w), rtol=tol, atol=tol)
+  if dtype == jnp.float32:
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+    for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
