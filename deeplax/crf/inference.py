@@ -9,7 +9,10 @@ v2 §3.3 up to a per-pixel constant, which the softmax removes), and the lattice
 per image and reused by every iteration.
 
 `mean_field` / `dense_crf_core` are jittable and unchecked; `dense_crf` and `dense_crf_batch`
-check their inputs on the host first and raise on lattice overflow.
+check their inputs on the host first and raise on lattice overflow. The iterations filter in
+reused lattice tables (a workspace carried through the loop); called eagerly, `dense_crf_core`
+also keeps the tables of the latest image size for the next call (`release_workspaces` frees
+them): XLA CPU maps its temporary memory afresh on every call, and each new page costs a fault.
 """
 
 import functools
