@@ -50,6 +50,16 @@ def test_depthwise_kernels_keep_the_signal_scale():
   np.testing.assert_allclose(np.std(kernel), np.sqrt(2 / 9), rtol=0.15)
 
 
+def _assert_same_values_and_gradients(ours, reference, x, kernel, tol=1e-5, grad_rtol=1e-4,
+                                      grad_atol=1e-5):
+  """ours(x, kernel) equals reference(x, kernel), and so do the gradients of a smooth loss."""
+  np.testing.assert_allclose(ours(x, kernel), reference(x, kernel), rtol=tol, atol=tol)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  for a, b in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
+                  jax.grad(loss(reference), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=grad_rtol, atol=grad_atol)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_pointwise_conv_as_matmul_matches_convolution(stride):
   """1x1 convolutions run as a matrix product (layers._conv_or_matmul): same values and
@@ -66,14 +76,9 @@ def test_pointwise_conv_as_matmul_matches_convolution(stride):
 
   jaxpr = str(jax.make_jaxpr(lambda x: conv.apply(variables, x))(x))
   assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
-  ours = conv.apply(variables, x)
-  np.testing.assert_allclose(ours, reference(x, kernel), rtol=1e-5, atol=1e-5)
-  assert ours.shape == (2, -(-9 // stride), -(-7 // stride), 6)
-  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
-  g_ours = jax.grad(loss(lambda x, k: conv.apply({"params": {"kernel": k}}, x)), (0, 1))(x, kernel)
-  g_ref = jax.grad(loss(reference), (0, 1))(x, kernel)
-  for a, b in zip(g_ours, g_ref):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert conv.apply(variables, x).shape == (2, -(-9 // stride), -(-7 // stride), 6)
+  _assert_same_values_and_gradients(lambda x, k: conv.apply({"params": {"kernel": k}}, x),
+                                    reference, x, kernel)
 
 
 @pytest.mark.parametrize("rate,expect", [(1, "conv"), (3, "9 taps"), (8, "3 taps"),
@@ -101,12 +106,8 @@ def test_atrous_conv_implementations_are_exact(rate, expect):
   else:
     assert "conv_general_dilated" not in jaxpr
     assert jaxpr.count("dot_general") == (1 if expect == "matmul" else int(expect.split()[0]))
-  np.testing.assert_allclose(conv.apply(variables, x), reference(x, kernel), rtol=1e-5, atol=1e-5)
-  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
-  g_ours = jax.grad(loss(lambda x, k: conv.apply({"params": {"kernel": k}}, x)), (0, 1))(x, kernel)
-  g_ref = jax.grad(loss(reference), (0, 1))(x, kernel)
-  for a, b in zip(g_ours, g_ref):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  _assert_same_values_and_gradients(lambda x, k: conv.apply({"params": {"kernel": k}}, x),
+                                    reference, x, kernel)
 
 
 @pytest.mark.parametrize("padding,rate,dtype", [((5, 13), 9, jnp.float32),
@@ -125,10 +126,9 @@ def test_per_tap_matmuls_match_convolution(padding, rate, dtype):
   ref = lambda x, w: jax.lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32),
                                                   (1, 1), pads, **args)
   ours = lambda x, w: layers._conv_or_matmul(x, w, (1, 1), pads, **args)
-  tol = 1e-5 if dtype == jnp.float32 else 3e-2
   assert ours(x, w).dtype == dtype and ours(x, w).shape == ref(x, w).shape
-  np.testing.assert_allclose(np.asarray(ours(x, w), np.float32), ref(x, w), rtol=tol, atol=tol)
   if dtype == jnp.float32:
-    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
-    for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    _assert_same_values_and_gradients(ours, ref, x, w, grad_atol=1e-4)
+  else:
+    np.testing.assert_allclose(np.asarray(ours(x, w), np.float32), ref(x, w), rtol=3e-2,
+                               atol=3e-2)
