@@ -73,12 +73,13 @@ _TAPS_BELOW_SHARE = 0.8
 def _atrous_by_taps(lhs, rhs, padding, rhs_dilation, precision):
   """A stride-1 atrous conv (NHWC, HWIO) as sum over taps of x[rows, cols] @ w[a, b], each over
   the output region where the tap reads the image, zero-padded to the output size; None when
-  that does not save enough (the share of image reads is >= _TAPS_BELOW_SHARE)."""
+  that does not save enough (the share of image reads is >= _TAPS_BELOW_SHARE) or no tap reads
+  the image."""
   (out_h, rows), (out_w, cols) = (
       _tap_ranges(lhs.shape[1 + axis], rhs.shape[axis], rhs_dilation[axis], padding[axis])
       for axis in (0, 1))
   reads = sum(r[1] - r[0] for r in rows if r) * sum(c[1] - c[0] for c in cols if c)
-  if reads >= _TAPS_BELOW_SHARE * rhs.shape[0] * rhs.shape[1] * out_h * out_w:
+  if not 0 < reads < _TAPS_BELOW_SHARE * rhs.shape[0] * rhs.shape[1] * out_h * out_w:
     return None
   accumulate = jnp.float32 if lhs.dtype == jnp.bfloat16 else None
   out = None
