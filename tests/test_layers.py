@@ -60,25 +60,32 @@ def _assert_same_values_and_gradients(ours, reference, x, kernel, tol=1e-5, grad
     np.testing.assert_allclose(a, b, rtol=grad_rtol, atol=grad_atol)
 
 
+def _atrous_conv_and_reference(features, kernel_size, channels, seed, stride=1, rate=1):
+  """An atrous_conv on a [2, 9, 7, channels] input, its traced jaxpr (text), a function of
+  (x, kernel) applying it, and lax.conv_general_dilated with the same padding as reference."""
+  x = jnp.asarray(np.random.default_rng(seed).normal(size=(2, 9, 7, channels)), jnp.float32)
+  conv = layers.atrous_conv(features, kernel_size, stride=stride, rate=rate)
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  pad = layers.symmetric_padding(kernel_size, rate)
+
+  def reference(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [pad, pad],
+                                        rhs_dilation=(rate, rate),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  jaxpr = str(jax.make_jaxpr(lambda x: conv.apply(variables, x))(x))
+  ours = lambda x, k: conv.apply({"params": {"kernel": k}}, x)
+  return x, variables["params"]["kernel"], jaxpr, ours, reference
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_pointwise_conv_as_matmul_matches_convolution(stride):
   """1x1 convolutions run as a matrix product (layers._conv_or_matmul): same values and
   gradients as lax.conv_general_dilated, strided included (odd size: ceil(H / stride))."""
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 9, 7, 5)), jnp.float32)
-  conv = layers.atrous_conv(6, 1, stride=stride)
-  variables = conv.init(jax.random.PRNGKey(0), x)
-  kernel = variables["params"]["kernel"]
-
-  def reference(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(0, 0), (0, 0)],
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-  jaxpr = str(jax.make_jaxpr(lambda x: conv.apply(variables, x))(x))
+  x, kernel, jaxpr, ours, reference = _atrous_conv_and_reference(6, 1, 5, seed=0, stride=stride)
   assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
-  assert conv.apply(variables, x).shape == (2, -(-9 // stride), -(-7 // stride), 6)
-  _assert_same_values_and_gradients(lambda x, k: conv.apply({"params": {"kernel": k}}, x),
-                                    reference, x, kernel)
+  assert ours(x, kernel).shape == (2, -(-9 // stride), -(-7 // stride), 6)
+  _assert_same_values_and_gradients(ours, reference, x, kernel)
 
 
 @pytest.mark.parametrize("rate,expect", [(1, "conv"), (3, "9 taps"), (8, "3 taps"),
@@ -89,25 +96,13 @@ def test_atrous_conv_implementations_are_exact(rate, expect):
   tap reaches; at rate 8 the off-centre columns read only padding (v3 §3.3, Fig. 4) and are
   dropped, leaving 3 taps; rate 10 is a 1x1 conv (one matmul). Values and gradients equal the
   full atrous convolution."""
-  rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(2, 9, 7, 4)), jnp.float32)
-  conv = layers.atrous_conv(5, 3, rate=rate)
-  variables = conv.init(jax.random.PRNGKey(0), x)
-  kernel = variables["params"]["kernel"]
-
-  def reference(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), [(rate, rate), (rate, rate)],
-                                        rhs_dilation=(rate, rate),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-  jaxpr = str(jax.make_jaxpr(lambda x: conv.apply(variables, x))(x))
+  x, kernel, jaxpr, ours, reference = _atrous_conv_and_reference(5, 3, 4, seed=1, rate=rate)
   if expect == "conv":
     assert "conv_general_dilated" in jaxpr and "dot_general" not in jaxpr
   else:
     assert "conv_general_dilated" not in jaxpr
     assert jaxpr.count("dot_general") == (1 if expect == "matmul" else int(expect.split()[0]))
-  _assert_same_values_and_gradients(lambda x, k: conv.apply({"params": {"kernel": k}}, x),
-                                    reference, x, kernel)
+  _assert_same_values_and_gradients(ours, reference, x, kernel)
 
 
 @pytest.mark.parametrize("padding,rate,dtype", [((5, 13), 9, jnp.float32),
