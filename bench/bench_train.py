@@ -11,6 +11,10 @@ architecture (torchvision ResNet layout, ASPP rates 12/24/36 at OS 8 and 6/12/18
 head), same random input and labels, float32, all cores. Batch >= 2: torchvision's ASPP pooling BN
 rejects a batch of one in training mode. Reports images/s after warm-up (compile
 excluded) and the process's peak resident memory. Prints one JSON line per side and a table.
+
+Both sides start with the same environment: by default GLIBC_TUNABLES=glibc.malloc.hugetlb=1,
+as `python -m deeplax.main` sets for itself (deeplax/hugepages.py); `--huge_pages=0` runs both
+without it.
 """
 
 import argparse
@@ -129,12 +133,19 @@ def main():
   parser.add_argument("--steps", type=int, default=3, help="timed steps after warm-up")
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps (jax: includes compile)")
   parser.add_argument("--sides", default="jax,torch")
+  parser.add_argument("--huge_pages", type=int, default=1,
+                      help="1: both sides run with glibc's transparent-huge-page malloc")
   parser.add_argument("--child_side", help=argparse.SUPPRESS)
   parser.add_argument("--child_setting", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child_side:
     return _child(args)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, repo)
+  from deeplax import hugepages  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2")
+  env = hugepages.env_with_huge_pages(env) if args.huge_pages else env
+  print(f"GLIBC_TUNABLES={env.get('GLIBC_TUNABLES', '')!r} for both sides", flush=True)
   rows = []
   for setting in args.settings.split(","):
     if setting not in SETTINGS:
@@ -146,8 +157,7 @@ def main():
         continue
       cmd = [python, os.path.abspath(__file__), f"--child_side={side}", f"--child_setting={setting}",
              f"--steps={args.steps}", f"--warmup={args.warmup}"]
-      proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2"))
+      proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env)
       lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
       if proc.returncode or not lines:
         print(f"{side} {setting} failed:\n{proc.stderr[-3000:]}", flush=True)

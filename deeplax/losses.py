@@ -52,7 +52,10 @@ def pixel_cross_entropy(logits_NHWC: jax.Array, labels_NHW: jax.Array, *, ignore
   valid = labels != ignore_label
   safe_labels = jnp.where(valid, labels, 0)
   log_probs = jax.nn.log_softmax(logits_NHWC.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+  # A one-hot select, not a gather: its gradient is a select too, where the gather's is a
+  # scatter into zeros (slower on XLA CPU).
+  is_label = safe_labels[..., None] == jnp.arange(num_classes, dtype=jnp.int32)
+  nll = -jnp.sum(jnp.where(is_label, log_probs, 0.0), axis=-1)
   weight = valid.astype(jnp.float32)
   if class_weights is not None:
     class_weights = jnp.asarray(class_weights, jnp.float32)

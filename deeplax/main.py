@@ -4,6 +4,9 @@ Any config field can be overridden, e.g. `--config.total_steps=100 --config.mode
 An existing workdir resumes from its latest checkpoint. Multi-host: pass `--distributed` (or set
 DEEPLAX_DISTRIBUTED=1) so `jax.distributed.initialize()` runs first (arguments from the cluster
 environment, or --coordinator_address / --num_processes / --process_id).
+
+The launch re-executes itself once with glibc's transparent-huge-page malloc (deeplax.hugepages;
+DEEPLAX_HUGE_PAGES=0 turns it off).
 """
 
 import os
@@ -50,4 +53,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from deeplax import hugepages  # pylint: disable=g-import-not-at-top
+  hugepages.reexec_with_huge_pages()
   app.run(main)

@@ -127,3 +127,118 @@ def test_per_tap_matmuls_match_convolution(padding, rate, dtype):
   else:
     np.testing.assert_allclose(np.asarray(ours(x, w), np.float32), ref(x, w), rtol=3e-2,
                                atol=3e-2)
+
+
+def test_relu_matches_jax_nn_relu():
+  """layers.relu (a select, see its docstring) has jax.nn.relu's values, NaN included, and its
+  derivative (0 at x <= 0)."""
+  x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 1.5, jnp.nan, -jnp.inf, jnp.inf])
+  np.testing.assert_array_equal(layers.relu(x), jax.nn.relu(x))
+  for f in (jax.grad(lambda x: layers.relu(x).sum()), lambda x: jax.jvp(layers.relu, (x,), (jnp.ones_like(x),))[1]):
+    np.testing.assert_array_equal(f(x), [0, 0, 0, 1, 1, 0, 0, 1])
+
+
+def _max_fusion_operands(fn, *args):
+  """The largest operand count of a fusion in fn's compiled (optimised) HLO."""
+  hlo = jax.jit(fn).lower(*args).compile().as_text()
+  return max(line.split(" fusion(", 1)[1].split("), kind=")[0].count("%")
+             for line in hlo.splitlines() if " fusion(" in line)
+
+
+def test_residual_stream_is_not_recomputed_in_backward_fusions():
+  """With a max-based ReLU, XLA CPU recomputes every earlier residual unit inside each backward
+  fusion that reads a unit's output (fusions with ~5 more operands per unit: 120+ for
+  ResNet-101's block 3, ~10% of the step). layers.relu keeps the units' outputs in memory."""
+  def stream(relu):
+    def loss(ws, x):
+      for w in ws:
+        y = layers._pointwise(relu(x), w, None)
+        x = relu(layers.batch_norm(True).apply({"params": {"scale": jnp.ones(8), "bias": jnp.zeros(8)},
+                                               "batch_stats": {"mean": jnp.zeros(8), "var": jnp.ones(8)}},
+                                              y, mutable=["batch_stats"])[0] + x)
+      return jnp.sum(x * x)
+    return jax.grad(loss)
+  ws = [jnp.eye(8) * 0.5] * 12
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 8))
+  assert _max_fusion_operands(stream(layers.relu), ws, x) <= 16
+  assert _max_fusion_operands(stream(jax.nn.relu), ws, x) > 30  # the failure this guards against
+
+
+@pytest.mark.parametrize("shape,window,stride,padding", [
+    ((2, 9, 11, 3), 3, 2, ((1, 1), (1, 1))), ((1, 10, 7, 2), 3, 2, ((0, 1), (1, 1))),
+    ((1, 8, 8, 2), 3, 1, ((1, 1), (1, 1))), ((1, 9, 9, 1), 2, 2, ((0, 0), (0, 1)))])
+def test_max_pool_matches_flax_with_ties(shape, window, stride, padding):
+  """layers.max_pool: nn.max_pool's values, and its gradient (to the first maximum of each
+  window in row-major order) on inputs with many ties (values on a 0.5 grid, zeros)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.PRNGKey(2), shape) * 2) / 2)
+  ref = lambda x: nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
+  ours = lambda x: layers.max_pool(x, window, stride, padding)
+  y_ref, vjp_ref = jax.vjp(ref, x)
+  y, vjp = jax.vjp(ours, x)
+  np.testing.assert_array_equal(y, y_ref)
+  g = jax.random.normal(jax.random.PRNGKey(3), y.shape)
+  np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("offset,dtype", [(1.0, jnp.float32), (30.0, jnp.float32),
+                                          (1.0, jnp.bfloat16)])
+def test_batch_norm_matches_flax_in_training(offset, dtype):
+  """layers.BatchNorm (own gradient, no x - mean tensor) against flax.linen.BatchNorm: same
+  variables, outputs, running averages and gradients for x, scale and bias; also for activations
+  whose mean is 15 standard deviations from 0. Initialising does not move the averages."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 6)) * 2 + offset
+  g = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  ref = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                     param_dtype=jnp.float32)
+  ours = layers.batch_norm(True, momentum=0.9, dtype=dtype)
+  init_ref, init_ours = ref.init(jax.random.PRNGKey(0), x), ours.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, init_ours) == jax.tree.map(jnp.shape, init_ref)
+  np.testing.assert_array_equal(init_ours["batch_stats"]["var"], np.ones(6))
+  params = {"scale": jnp.linspace(0.5, 2, 6), "bias": jnp.linspace(-1, 1, 6)}
+  stats = {"mean": jnp.full(6, 0.5), "var": jnp.full(6, 2.0)}
+
+  def run(module):
+    def loss(params, x):
+      y, upd = module.apply({"params": params, "batch_stats": stats}, x.astype(dtype),
+                            mutable=["batch_stats"])
+      return jnp.sum(y.astype(jnp.float32) * g), (y, upd["batch_stats"])
+    (_, (y, new_stats)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x)
+    return y, new_stats, grads
+
+  (y_ref, stats_ref, grads_ref), (y, new_stats, grads) = run(ref), run(ours)
+  assert y.dtype == dtype
+  tol = 2e-2 if dtype == jnp.bfloat16 else 2e-5 * offset
+  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), atol=tol)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), new_stats,
+               stats_ref)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(tol, 1e-5)),
+               grads, grads_ref)
+
+
+@pytest.mark.parametrize("padding,rate,dtype", [((2, 2), 2, jnp.float32), ((1, 3), 2, jnp.float32),
+                                                ((4, 4), 4, jnp.bfloat16)])
+def test_atrous_conv_weight_gradient_per_tap(padding, rate, dtype):
+  """Atrous convs that stay convolutions take their weight gradient as one x_tap^T g product per
+  tap (layers._conv_tap_weight_grad): values and both gradients equal XLA's convolution, with
+  asymmetric padding and bfloat16 (accumulated in float32)."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 33, 35, 6)), dtype)
+  w = jnp.asarray(rng.normal(size=(3, 3, 6, 5)) / 6, dtype)
+  pads = [padding, padding]
+  args = dict(rhs_dilation=(rate, rate), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert layers._atrous_by_taps(x, w, pads, (rate, rate), None) is None  # mostly reads the image
+  ref = lambda x, w: jax.lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32),
+                                                  (1, 1), pads, **args)
+  ours = lambda x, w: layers._conv_or_matmul(x, w, (1, 1), pads, **args)
+  weight_grad = jax.make_jaxpr(jax.grad(lambda w: ours(x, w).astype(jnp.float32).sum()))(w)
+  assert str(weight_grad).count("dot_general") == 9
+  if dtype == jnp.float32:
+    _assert_same_values_and_gradients(ours, ref, x, w, grad_atol=1e-4)
+  else:
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w).astype(jnp.float32)))
+    for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
+      assert a.dtype == dtype
+      # bfloat16 cotangents: a few percent of the largest entry.
+      np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=0.03 * float(jnp.abs(b).max()))

@@ -81,9 +81,9 @@ class _V2Branch(nn.Module):
     atrous = dict(kernel_size=(3, 3), kernel_dilation=(self.rate, self.rate), padding=(pad, pad))
     if self.features is None:
       return conv(self.num_classes, kernel_init=score_kernel_init, name="conv", **atrous)(x)
-    y = nn.relu(conv(self.features, kernel_init=layers.conv_kernel_init, name="fc6", **atrous)(x))
+    y = layers.relu(conv(self.features, kernel_init=layers.conv_kernel_init, name="fc6", **atrous)(x))
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = nn.relu(conv(self.features, (1, 1), kernel_init=layers.conv_kernel_init, name="fc7")(y))
+    y = layers.relu(conv(self.features, (1, 1), kernel_init=layers.conv_kernel_init, name="fc7")(y))
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     return conv(self.num_classes, (1, 1), kernel_init=score_kernel_init, name="fc8")(y)
 

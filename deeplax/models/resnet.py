@@ -146,9 +146,9 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(layers.atrous_conv, dtype=self.dtype)
-    y = nn.relu(self.norm(name="bn1")(conv(self.width, 1, name="conv1")(x)))
+    y = layers.relu(self.norm(name="bn1")(conv(self.width, 1, name="conv1")(x)))
     y = conv(self.width, 3, stride=self.stride, rate=self.rate, name="conv2")(y)
-    y = nn.relu(self.norm(name="bn2")(y))
+    y = layers.relu(self.norm(name="bn2")(y))
     y = conv(self.width * self.expansion, 1, name="conv3")(y)
     residual = self.norm(name="bn3")(y)
     if self.projection:
@@ -158,7 +158,7 @@ class Bottleneck(nn.Module):
       shortcut = x[:, ::self.stride, ::self.stride, :]
     else:
       shortcut = x
-    return nn.relu(residual + shortcut.astype(residual.dtype)), residual
+    return layers.relu(residual + shortcut.astype(residual.dtype)), residual
 
 
 class ResNetBlock(nn.Module):
@@ -216,9 +216,9 @@ class ResNet(nn.Module):
     endpoints = {}
 
     x = layers.atrous_conv(spec.stem_features, 7, stride=2, dtype=self.dtype, name="conv1")(x_NHWC)
-    x = nn.relu(self.norm(name="bn1")(x))
+    x = layers.relu(self.norm(name="bn1")(x))
     pads = (max_pool_padding(x.shape[1], self.layout), max_pool_padding(x.shape[2], self.layout))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
+    x = layers.max_pool(x, 3, 2, pads)
     endpoints["stem"] = x
 
     channels = spec.stem_features

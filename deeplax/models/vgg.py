@@ -97,9 +97,8 @@ class VGGStage(nn.Module):
     for i, width in enumerate(self.widths):
       x = layers.atrous_conv(width, 3, rate=self.rate, use_bias=True, dtype=self.dtype,
                              name=f"conv{self.stage}_{i + 1}")(x)
-      x = nn.relu(x)
-    return nn.max_pool(x, (3, 3), strides=(self.pool_stride, self.pool_stride),
-                       padding=((1, 1), (1, 1)))
+      x = layers.relu(x)
+    return layers.max_pool(x, 3, self.pool_stride, ((1, 1), (1, 1)))
 
 
 class VGG16(nn.Module):
@@ -140,9 +139,9 @@ class FcHead(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     conv = functools.partial(layers.atrous_conv, use_bias=True, dtype=self.dtype)
-    x = nn.relu(conv(self.features, self.kernel_size, rate=self.rate, name="fc6")(x))
+    x = layers.relu(conv(self.features, self.kernel_size, rate=self.rate, name="fc6")(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(conv(self.features, 1, name="fc7")(x))
+    x = layers.relu(conv(self.features, 1, name="fc7")(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
                    kernel_init=aspp_lib.score_kernel_init, name="fc8")(x)

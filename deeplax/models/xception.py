@@ -59,7 +59,7 @@ class XceptionBlock(nn.Module):
     residual, second = x, None
     for i, depth in enumerate(self.depths):
       if not self.activation_in_separable:
-        residual = nn.relu(residual)
+        residual = layers.relu(residual)
       residual = layers.SeparableConvBN(
           depth, 3, stride=self.stride if i == len(self.depths) - 1 else 1, rate=self.rate,
           relu=self.activation_in_separable, relu_between=self.activation_in_separable,
