@@ -5,9 +5,9 @@ the v3 §4.1 recipe scaled down (momentum SGD, "poly" lr, trained BN, logits ups
 labels). Crops and evaluation sizes are 16k+1 with align_corners=True, so the corner pixels of
 the stride-8 features sit exactly on image pixels (TF DeepLab's 513 convention); with half-pixel
 upsampling on these small images the predictions came out visibly shifted (up to stride / 2).
-Measured 2026-11-21 on the 2-core CPU (load ~1): 3 min 29 s for the whole README command (install,
-dataset generation, compile, ~83 images/s, two evaluations), validation mIoU 0.867 (pixel accuracy
-0.979; background 0.976, disc 0.909, square 0.848, triangle 0.812, bar 0.789; 0.845 at step 500).
+Measured 2026-11-21 on the 2-core CPU (idle): 2 min 32 s for `python -m deeplax.main` (dataset
+already generated; compile, ~110 images/s, two evaluations), validation mIoU 0.867 (pixel accuracy
+0.978; background 0.975, disc 0.891, square 0.849, triangle 0.831, bar 0.789; 0.825 at step 500).
 
     python -m deeplax.main --config=configs/shapes.py --workdir=/tmp/deeplax_shapes
 """

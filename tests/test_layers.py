@@ -173,7 +173,7 @@ def test_max_pool_matches_flax_with_ties(shape, window, stride, padding):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.PRNGKey(2), shape) * 2) / 2)
   ref = lambda x: nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
-  ours = lambda x: layers.max_pool(x, window, stride, padding)
+  ours = lambda x: layers.max_pool(x, window, stride, [list(p) for p in padding])  # lists work too
   y_ref, vjp_ref = jax.vjp(ref, x)
   y, vjp = jax.vjp(ours, x)
   np.testing.assert_array_equal(y, y_ref)
