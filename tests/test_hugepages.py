@@ -37,3 +37,17 @@ def test_reexec_restarts_the_same_command_with_the_tunable():
   if sys.platform == "linux":
     assert _run(base) == ["run None ['--flag=1']", f"run {hugepages.TUNABLE} ['--flag=1']"]
   assert _run(dict(base, **{hugepages.OPT_OUT: "0"})) == ["run None ['--flag=1']"]
+
+
+def test_main_launch_restarts_itself_with_the_tunable(tmp_path):
+  """`python -m deeplax.main` starts twice: first as launched, then with the tunable (a
+  sitecustomize prints GLIBC_TUNABLES at every interpreter start; --helpshort exits early)."""
+  (tmp_path / "sitecustomize.py").write_text(
+      "import os, sys\nprint('start', os.environ.get('GLIBC_TUNABLES'), file=sys.stderr)\n")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hugepages.OPT_OUT)}
+  err = subprocess.run([sys.executable, "-m", "deeplax.main", "--helpshort"], capture_output=True,
+                       text=True, timeout=300, env=dict(base, PYTHONPATH=f"{tmp_path}:{repo}")).stderr
+  starts = [line for line in err.splitlines() if line.startswith("start")]
+  expected = ["start None"] + ([f"start {hugepages.TUNABLE}"] if sys.platform == "linux" else [])
+  assert starts == expected
