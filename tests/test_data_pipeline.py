@@ -180,6 +180,20 @@ def test_eval_image_larger_than_pad_size_is_an_error(tagged_config):
     list(data.create_eval_iterator(config, process_index=0, process_count=1))
 
 
+def test_pad_size_check_runs_before_every_pad():
+  # Regression: the label pad did not wait for the size check, so parallel map calls sometimes
+  # failed with TF's "Paddings must be non-negative" instead of naming data.eval_pad_size.
+  def element(i):
+    height = 24 + tf.cast(i, tf.int32) * 0  # dynamic, so the bad paddings are not caught at trace
+    image, label = tf.zeros([height, 40, 3], tf.uint8), tf.zeros([height, 40], tf.uint8)
+    return augment.pad_for_eval(image, label, (16, 32), (0.0, 0.0, 0.0), tf.strings.as_string(i))
+
+  for _ in range(20):
+    ds = tf.data.Dataset.range(8).map(element, num_parallel_calls=8, deterministic=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="eval_pad_size"):
+      list(ds.as_numpy_iterator())
+
+
 def test_dataset_info_and_bad_config(tagged_config, shapes_config):
   info = data.dataset_info(tagged_config.data)
   assert info.class_names == ("background", "c1", "c2") and info.num_classes == 3

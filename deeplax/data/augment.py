@@ -123,8 +123,9 @@ def pad_for_eval(image_HW3, label_HW, pad_size: Optional[Sequence[int]],
       tf.logical_and(height <= ph, width <= pw),
       ["eval image", example_id, "of size", height, width,
        f"is larger than data.eval_pad_size [{ph}, {pw}]"])
+  # Every pad reads the checked sizes, so none can run (and fail unclearly) before the check.
   with tf.control_dependencies([fits]):
-    image = tf.identity(image)
+    height, width = tf.identity(height), tf.identity(width)
   pad_pixel = tf.constant(pad_pixel, tf.float32)
   paddings = [[0, ph - height], [0, pw - width]]
   image = tf.pad(image - pad_pixel, paddings + [[0, 0]]) + pad_pixel
