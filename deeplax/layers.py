@@ -136,46 +136,84 @@ def _pointwise_bwd(precision, residuals, g_NHWD):
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv_tap_weight_grad(lhs, rhs, padding, rhs_dilation, dimension_numbers, precision):
-  """A stride-1 atrous convolution whose weight gradient is one matrix product per tap,
-  x_tap^T g (the input gradient stays XLA's).
+# On CPU a convolution with at most this many output pixels (batch x H x W) per input channel,
+# times rate^2, takes its weight gradient per tap (`_conv_tap_weight_grad`). XLA's gradient ->
+# per tap, 3x3 kernels, batch 2, in the ResNet-101 train step (crop 513): 33x33 256 -> 256
+# channels (9 pixels per channel) 14.7 -> 7.7 ms; 65x65 128 -> 128 (66) 22 -> 10 ms. Alone:
+# 33x33 rate 2, 512 -> 512 35 -> 28 ms; batch 8, 65x65 rate 2, 256 -> 256 217 -> 144 ms
+# (132 / 2^2); but 129x129 64 -> 64 (520) 17 -> 28 ms and at rate 2 18 -> 27 ms (520 / 2^2).
+_TAP_WEIGHT_GRAD_PIXELS_PER_CHANNEL = 80
 
-  XLA CPU computes a convolution's weight gradient as another convolution with the batch as
-  its input features, slow at atrous rates > 1. Measured alone, batch 2: 65x65 rate 2,
-  256 -> 256 channels 54 -> 45 ms; rate 4, 512 -> 512: 217 -> 135 ms. ResNet-101 OS 8 train
-  step 8.72 -> 8.56 s. At rate 1 the two are level in the step, so rate-1 convs keep XLA's.
+
+def _uses_tap_weight_grad(out_pixels: int, in_channels: int, rhs_dilation) -> bool:
+  rate = max(rhs_dilation or (1,))
+  return out_pixels <= _TAP_WEIGHT_GRAD_PIXELS_PER_CHANNEL * in_channels * rate * rate
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_tap_weight_grad(lhs, rhs, window_strides, padding, rhs_dilation, dimension_numbers,
+                          precision):
+  """An explicitly padded convolution (NHWC, HWIO) whose weight gradient on CPU is one matrix
+  product per tap, g^T x_tap (the input gradient, and every gradient on other platforms, stay
+  XLA's).
+
+  XLA CPU computes a convolution's weight gradient as another convolution, with the batch as its
+  input features over a window the size of the image, slowly for few pixels per channel and at
+  atrous rates > 1 (see _TAP_WEIGHT_GRAD_PIXELS_PER_CHANNEL). g^T is copied once so that every
+  product takes both operands in the layout YNNPACK's matmul reads (contracting the last axis of
+  the left one); x_tap^T g would go to Eigen's slower one. ResNet-101, crop 513, batch 2 train
+  step: 2.29 -> 2.23 s at output stride 16, 7.66 -> 7.41 s at 8.
   """
-  return _stride1_conv(lhs, rhs, padding, rhs_dilation, dimension_numbers, precision)
+  return _plain_conv(lhs, rhs, window_strides, padding, rhs_dilation, dimension_numbers, precision)
 
 
-def _stride1_conv(lhs, rhs, padding, rhs_dilation, dimension_numbers, precision):
-  return jax.lax.conv_general_dilated(lhs, rhs, (1, 1), padding, rhs_dilation=rhs_dilation,
+def _plain_conv(lhs, rhs, window_strides, padding, rhs_dilation, dimension_numbers, precision):
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, rhs_dilation=rhs_dilation,
                                       dimension_numbers=dimension_numbers, precision=precision)
 
 
-def _conv_tap_weight_grad_fwd(lhs, rhs, padding, rhs_dilation, dimension_numbers, precision):
-  out = _conv_tap_weight_grad(lhs, rhs, padding, rhs_dilation, dimension_numbers, precision)
+def _conv_tap_weight_grad_fwd(lhs, rhs, window_strides, padding, rhs_dilation, dimension_numbers,
+                              precision):
+  out = _conv_tap_weight_grad(lhs, rhs, window_strides, padding, rhs_dilation, dimension_numbers,
+                              precision)
   return out, (lhs, rhs)
 
 
-def _conv_tap_weight_grad_bwd(padding, rhs_dilation, dimension_numbers, precision, residuals,
-                              g_NHWD):
-  lhs, rhs = residuals
-  _, input_vjp = jax.vjp(lambda x: _stride1_conv(x, rhs, padding, rhs_dilation,
-                                                  dimension_numbers, precision), lhs)
-  dx, = input_vjp(g_NHWD)
-  (ry, rx), (kh, kw) = rhs_dilation, rhs.shape[:2]
+def _weight_grad_by_taps(lhs, g_NHWD, kernel_shape, window_strides, padding, rhs_dilation,
+                         precision):
+  """dL/dw[a, b] = x_tap(a, b)^T g, computed as (g^T x_tap)^T, one matrix product per tap."""
+  (sy, sx), (ry, rx), (kh, kw) = window_strides, rhs_dilation, kernel_shape[:2]
   out_h, out_w = g_NHWD.shape[1:3]
   x_padded = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  g_PD = g_NHWD.reshape(-1, g_NHWD.shape[-1])
+  # The barrier keeps XLA from folding the transpose back into each product.
+  g_DP = jax.lax.optimization_barrier(g_NHWD.reshape(-1, g_NHWD.shape[-1]).T)
   accumulate = jnp.float32 if lhs.dtype == jnp.bfloat16 else None
-  dw = jnp.stack([
+  dw_T = jnp.stack([
       jax.lax.dot_general(
-          x_padded[:, a * ry:a * ry + out_h, b * rx:b * rx + out_w, :].reshape(-1, lhs.shape[-1]),
-          g_PD, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=accumulate)
+          g_DP,
+          x_padded[:, a * ry:a * ry + sy * (out_h - 1) + 1:sy,
+                   b * rx:b * rx + sx * (out_w - 1) + 1:sx, :].reshape(-1, lhs.shape[-1]),
+          (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=accumulate)
       for a in range(kh) for b in range(kw)])
-  return dx, dw.reshape(rhs.shape).astype(rhs.dtype)
+  return jnp.swapaxes(dw_T, 1, 2).reshape(kernel_shape)
+
+
+def _conv_tap_weight_grad_bwd(window_strides, padding, rhs_dilation, dimension_numbers, precision,
+                              residuals, g_NHWD):
+  lhs, rhs = residuals
+  conv = lambda x, w: _plain_conv(x, w, window_strides, padding, rhs_dilation, dimension_numbers,
+                                  precision)
+
+  def xla_grads(lhs, rhs, g_NHWD):
+    return jax.vjp(conv, lhs, rhs)[1](g_NHWD)
+
+  def tap_grads(lhs, rhs, g_NHWD):
+    dx, = jax.vjp(lambda x: conv(x, rhs), lhs)[1](g_NHWD)
+    dw = _weight_grad_by_taps(lhs, g_NHWD, rhs.shape, window_strides, padding, rhs_dilation,
+                              precision)
+    return dx, dw.astype(rhs.dtype)
+
+  return tuple(jax.lax.platform_dependent(lhs, rhs, g_NHWD, cpu=tap_grads, default=xla_grads))
 
 
 _conv_tap_weight_grad.defvjp(_conv_tap_weight_grad_fwd, _conv_tap_weight_grad_bwd)
@@ -186,7 +224,8 @@ def _conv_or_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs
   """`lax.conv_general_dilated` (NHWC, HWIO), without the taps that read only padding, with
   1x1 kernels (also atrous ones whose rate is >= the input size) as a matrix product, and
   large-rate atrous kernels, whose taps mostly read padding, as one matrix product per tap;
-  other atrous kernels stay convolutions with a per-tap weight gradient (`_conv_tap_weight_grad`).
+  other convolutions with few pixels per channel or at atrous rates > 1 take a per-tap weight
+  gradient on CPU (`_conv_tap_weight_grad`).
 
   Same numbers up to float rounding. On XLA CPU the matmul's gradients need no transposed copy
   of the activations (the convolution's weight gradient does, and XLA fuses the residual stream
@@ -194,8 +233,8 @@ def _conv_or_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs
   the per-tap products shrink with it.
   """
   undilated_lhs = lhs_dilation is None or all(d == 1 for d in lhs_dilation)
-  stride1_explicit = (tuple(window_strides) == (1, 1) and not isinstance(padding, str)
-                      and undilated_lhs)
+  explicit = not isinstance(padding, str) and undilated_lhs
+  stride1_explicit = explicit and tuple(window_strides) == (1, 1)
   if stride1_explicit and rhs_dilation is not None:
     rhs, padding, rhs_dilation = _drop_padding_only_taps(lhs.shape[1:3], rhs, padding, rhs_dilation)
     if feature_group_count == 1 and rhs.shape[0] * rhs.shape[1] > 1:
@@ -205,10 +244,14 @@ def _conv_or_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs
   pointwise = (rhs.shape[0] == rhs.shape[1] == 1 and feature_group_count == 1
                and (isinstance(padding, str) or all(tuple(p) == (0, 0) for p in padding))
                and undilated_lhs)
-  if (not pointwise and stride1_explicit and feature_group_count == 1
-      and max(rhs_dilation or (1,)) > 1):
-    return _conv_tap_weight_grad(lhs, rhs, tuple(tuple(p) for p in padding),
-                                 tuple(rhs_dilation or (1, 1)), dimension_numbers, precision)
+  if not pointwise and explicit and feature_group_count == 1:
+    padding, rhs_dilation = tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1))
+    out_shape = jax.eval_shape(
+        lambda x, w: _plain_conv(x, w, tuple(window_strides), padding, rhs_dilation,
+                                 dimension_numbers, precision), lhs, rhs).shape
+    if _uses_tap_weight_grad(int(np.prod(out_shape[:3])), lhs.shape[3], rhs_dilation):
+      return _conv_tap_weight_grad(lhs, rhs, tuple(window_strides), padding, rhs_dilation,
+                                   dimension_numbers, precision)
   if not pointwise:
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,

@@ -217,23 +217,31 @@ def test_batch_norm_matches_flax_in_training(offset, dtype):
                grads, grads_ref)
 
 
-@pytest.mark.parametrize("padding,rate,dtype", [((2, 2), 2, jnp.float32), ((1, 3), 2, jnp.float32),
-                                                ((4, 4), 4, jnp.bfloat16)])
-def test_atrous_conv_weight_gradient_per_tap(padding, rate, dtype):
-  """Atrous convs that stay convolutions take their weight gradient as one x_tap^T g product per
-  tap (layers._conv_tap_weight_grad): values and both gradients equal XLA's convolution, with
-  asymmetric padding and bfloat16 (accumulated in float32)."""
+@pytest.mark.parametrize("shape,padding,rate,stride,dtype,taps", [
+    ((2, 17, 19, 6), (2, 2), 2, 1, jnp.float32, True),
+    ((2, 17, 19, 6), (1, 3), 2, 1, jnp.float32, True),
+    ((2, 17, 19, 8), (1, 1), 1, 2, jnp.float32, True),
+    ((2, 33, 35, 6), (4, 4), 4, 1, jnp.bfloat16, True),
+    ((2, 17, 19, 6), (1, 1), 1, 1, jnp.float32, False)])  # 107 pixels per channel: XLA's
+def test_conv_weight_gradient_per_tap(shape, padding, rate, stride, dtype, taps):
+  """Convolutions with few pixels per input channel (times rate^2) take their weight gradient on
+  CPU as one g^T x_tap product per tap (layers._conv_tap_weight_grad), XLA's elsewhere: values
+  and both gradients equal XLA's convolution, with asymmetric padding, stride 2 and bfloat16
+  (accumulated in float32)."""
   rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.normal(size=(2, 33, 35, 6)), dtype)
-  w = jnp.asarray(rng.normal(size=(3, 3, 6, 5)) / 6, dtype)
+  x = jnp.asarray(rng.normal(size=shape), dtype)
+  w = jnp.asarray(rng.normal(size=(3, 3, shape[3], 5)) / 6, dtype)
   pads = [padding, padding]
   args = dict(rhs_dilation=(rate, rate), dimension_numbers=("NHWC", "HWIO", "NHWC"))
   assert layers._atrous_by_taps(x, w, pads, (rate, rate), None) is None  # mostly reads the image
   ref = lambda x, w: jax.lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32),
-                                                  (1, 1), pads, **args)
-  ours = lambda x, w: layers._conv_or_matmul(x, w, (1, 1), pads, **args)
-  weight_grad = jax.make_jaxpr(jax.grad(lambda w: ours(x, w).astype(jnp.float32).sum()))(w)
-  assert str(weight_grad).count("dot_general") == 9
+                                                  (stride, stride), pads, **args)
+  ours = lambda x, w: layers._conv_or_matmul(x, w, (stride, stride), pads, **args)
+  weight_grad = jax.jit(jax.grad(lambda w: ours(x, w).astype(jnp.float32).sum())).trace(w)
+  for platform, per_tap in [("cpu", taps), ("cuda", False)]:
+    text = weight_grad.lower(lowering_platforms=(platform,)).as_text()
+    assert text.count("stablehlo.dot_general") == (9 if per_tap else 0), platform
+    assert text.count("stablehlo.convolution") == (0 if per_tap else 1), platform
   if dtype == jnp.float32:
     _assert_same_values_and_gradients(ours, ref, x, w, grad_atol=1e-4)
   else:
