@@ -162,7 +162,8 @@ def _conv_tap_weight_grad(lhs, rhs, window_strides, padding, rhs_dilation, dimen
   atrous rates > 1 (see _TAP_WEIGHT_GRAD_PIXELS_PER_CHANNEL). g^T is copied once so that every
   product takes both operands in the layout YNNPACK's matmul reads (contracting the last axis of
   the left one); x_tap^T g would go to Eigen's slower one. ResNet-101, crop 513, batch 2 train
-  step: 2.29 -> 2.23 s at output stride 16, 7.66 -> 7.41 s at 8.
+  step (bench/bench_train.py, two rounds each): 2.31-2.36 -> 2.23-2.25 s at output stride 16,
+  7.53-7.60 -> 7.30-7.42 s at 8.
   """
   return _plain_conv(lhs, rhs, window_strides, padding, rhs_dilation, dimension_numbers, precision)
 

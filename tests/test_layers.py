@@ -221,6 +221,7 @@ def test_batch_norm_matches_flax_in_training(offset, dtype):
     ((2, 17, 19, 6), (2, 2), 2, 1, jnp.float32, True),
     ((2, 17, 19, 6), (1, 3), 2, 1, jnp.float32, True),
     ((2, 17, 19, 8), (1, 1), 1, 2, jnp.float32, True),
+    ((1, 9, 11, 8), (1, 1), 1, 1, jnp.float32, True),
     ((2, 33, 35, 6), (4, 4), 4, 1, jnp.bfloat16, True),
     ((2, 17, 19, 6), (1, 1), 1, 1, jnp.float32, False)])  # 107 pixels per channel: XLA's
 def test_conv_weight_gradient_per_tap(shape, padding, rate, stride, dtype, taps):
