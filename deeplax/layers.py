@@ -245,12 +245,15 @@ def _conv_or_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs
   pointwise = (rhs.shape[0] == rhs.shape[1] == 1 and feature_group_count == 1
                and (isinstance(padding, str) or all(tuple(p) == (0, 0) for p in padding))
                and undilated_lhs)
-  if not pointwise and explicit and feature_group_count == 1:
+  # Symbolic sizes (jax.export with a polymorphic batch) keep XLA's gradient.
+  if (not pointwise and explicit and feature_group_count == 1
+      and all(isinstance(d, int) for d in lhs.shape)):
     padding, rhs_dilation = tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1))
-    out_shape = jax.eval_shape(
-        lambda x, w: _plain_conv(x, w, tuple(window_strides), padding, rhs_dilation,
-                                 dimension_numbers, precision), lhs, rhs).shape
-    if _uses_tap_weight_grad(int(np.prod(out_shape[:3])), lhs.shape[3], rhs_dilation):
+    out_pixels = lhs.shape[0]
+    for axis in (0, 1):
+      span = (rhs.shape[axis] - 1) * rhs_dilation[axis] + 1
+      out_pixels *= (lhs.shape[1 + axis] + sum(padding[axis]) - span) // window_strides[axis] + 1
+    if _uses_tap_weight_grad(out_pixels, lhs.shape[3], rhs_dilation):
       return _conv_tap_weight_grad(lhs, rhs, tuple(window_strides), padding, rhs_dilation,
                                    dimension_numbers, precision)
   if not pointwise:
