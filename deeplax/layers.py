@@ -251,7 +251,7 @@ def _conv_or_matmul(lhs, rhs, window_strides, padding, *, lhs_dilation=None, rhs
     padding, rhs_dilation = tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1))
     out_pixels = lhs.shape[0]
     for axis in (0, 1):
-      span = (rhs.shape[axis] - 1) * rhs_dilation[axis] + 1
+      span = effective_kernel_size(rhs.shape[axis], rhs_dilation[axis])
       out_pixels *= (lhs.shape[1 + axis] + sum(padding[axis]) - span) // window_strides[axis] + 1
     if _uses_tap_weight_grad(out_pixels, lhs.shape[3], rhs_dilation):
       return _conv_tap_weight_grad(lhs, rhs, tuple(window_strides), padding, rhs_dilation,
