@@ -57,12 +57,13 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
   """
   from deeplax import data
   num_classes = int(config.model.num_classes)
+  ignore = int(config.data.get("ignore_label", 255))
   strategy = strategy or inference.strategy_for(config.model)
   predict_fn = inference.make_predict_fn(config.model, strategy, output_stride)
   variables = jax.device_put({k: variables[k] for k in ("params", "batch_stats") if k in variables})
   confusion_fn = jax.jit(
       lambda labels, scores, mask: metrics.confusion_matrix(
-          labels, jnp.argmax(scores, axis=-1), num_classes, mask))
+          labels, jnp.argmax(scores, axis=-1), num_classes, mask, ignore_label=ignore))
   widths = tuple(float(w) for w in trimap_widths)
   confusion = np.zeros((num_classes, num_classes), np.int64)
   trimap = np.zeros((len(widths), num_classes, num_classes), np.int64)
@@ -78,13 +79,15 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
     if widths or crf is not None:
       preds = np.asarray(jnp.argmax(scores, axis=-1))
     if widths:
-      trimap += metrics.trimap_confusion(labels, preds, num_classes, widths, mask)
+      trimap += metrics.trimap_confusion(labels, preds, num_classes, widths, mask, ignore)
     if crf is not None:
       crf_preds = _crf_batch(config, crf, np.asarray(scores), np.asarray(batch["image"]), batch)
-      crf_confusion += np.asarray(metrics.confusion_matrix(labels, crf_preds, num_classes, mask),
+      crf_confusion += np.asarray(metrics.confusion_matrix(labels, crf_preds, num_classes, mask,
+                                                           ignore_label=ignore),
                                   np.int64)
       if widths:
-        crf_trimap += metrics.trimap_confusion(labels, crf_preds, num_classes, widths, mask)
+        crf_trimap += metrics.trimap_confusion(labels, crf_preds, num_classes, widths, mask,
+                                                 ignore)
     num_images += int(mask.reshape(mask.shape[0], -1).any(axis=1).sum())
     if progress:
       elapsed = time.perf_counter() - start

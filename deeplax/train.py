@@ -46,7 +46,11 @@ from deeplax import optim
 AXIS_NAME = "batch"   # pmap axis (config.model.bn_axis_name under pmap)
 MESH_AXIS = "data"    # mesh axis the batch is sharded on under jit
 PARALLELISMS = ("jit", "pmap")
-IGNORE_LABEL = 255
+
+
+def ignore_label(config) -> int:
+  """The label value that counts nowhere (loss, confusion matrix): config.data.ignore_label."""
+  return int(config.data.get("ignore_label", 255)) if "data" in config else 255
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,7 +136,7 @@ def make_train_step(config, model, tx, axis_name: Optional[str] = None) -> Calla
   loss_cfg = config.loss
   class_weights = loss_cfg.get("class_weights", None)
   class_weights = tuple(class_weights) if class_weights is not None else None
-  loss_kwargs = dict(target_mode=loss_cfg.target_mode, ignore_label=IGNORE_LABEL,
+  loss_kwargs = dict(target_mode=loss_cfg.target_mode, ignore_label=ignore_label(config),
                      class_weights=class_weights,
                      top_k_fraction=float(loss_cfg.get("top_k_fraction", 1.0)),
                      align_corners=bool(config.model.get("align_corners", False)))
@@ -203,14 +207,14 @@ def make_train_step(config, model, tx, axis_name: Optional[str] = None) -> Calla
   return step
 
 
-def make_eval_step(model, num_classes: int) -> Callable:
+def make_eval_step(model, num_classes: int, ignore_label: int = 255) -> Callable:
   """`(variables, batch) -> int32 [C, C]` confusion matrix of the batch (padding masked)."""
 
   def eval_step(variables, batch):
     logits_NHWC = model.apply(variables, batch["image"], train=False)
     preds_NHW = jnp.argmax(logits_NHWC, axis=-1)
     confusion = metrics_lib.confusion_matrix(batch["label"], preds_NHW, num_classes,
-                                             mask_NHW=batch["mask"], ignore_label=IGNORE_LABEL)
+                                             mask_NHW=batch["mask"], ignore_label=ignore_label)
     return confusion, preds_NHW
 
   return eval_step
@@ -314,7 +318,8 @@ def evaluate(config, model, variables, *, mesh: Optional[Mesh] = None, split: Op
                      f"{info.num_classes} classes")
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(MESH_AXIS))
-  eval_fn = jax.jit(make_eval_step(model, num_classes), in_shardings=(replicated, batch_sharding),
+  eval_fn = jax.jit(make_eval_step(model, num_classes, ignore_label(config)),
+                    in_shardings=(replicated, batch_sharding),
                     out_shardings=(replicated, batch_sharding))
   variables = jax.device_put({"params": variables["params"],
                               "batch_stats": variables.get("batch_stats", {})}, replicated)
@@ -329,7 +334,7 @@ def evaluate(config, model, variables, *, mesh: Optional[Mesh] = None, split: Op
     n = arrays["image"].shape[0]
     pad = -n % local_shards
     if pad:
-      fill = {"image": 0, "label": IGNORE_LABEL, "mask": False}
+      fill = {"image": 0, "label": ignore_label(config), "mask": False}
       arrays = {k: np.concatenate([v, np.full((pad,) + v.shape[1:], fill[k], v.dtype)])
                 for k, v in arrays.items()}
     global_batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)

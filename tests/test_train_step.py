@@ -175,3 +175,27 @@ def test_align_corners_with_sizes_not_16k_plus_1_warns(caplog):
   with caplog.at_level(logging.WARNING):
     train.prepare_config(c)
   assert "config.data.crop_size=112 is not 16k+1" in caplog.text
+
+
+def test_ignore_label_is_honoured_by_loss_gradients_and_confusion():
+  """config.data.ignore_label = 254 on data with 254 gives the loss, gradients and confusion of 255."""
+  batch = _batches(1)[0]
+  relabelled = dict(batch, label=np.where(batch["label"] == 255, 254, batch["label"]))
+  results = {}
+  for ignore, data in [(255, batch), (254, relabelled)]:
+    config = train.prepare_config(_config(**{"data.ignore_label": ignore}), check_devices=False)
+    model = models.build(config.model)
+    state, tx = train.create_train_state(config, model, jax.random.PRNGKey(0),
+                                         (BATCH, CROP, CROP, 3))
+    new_state, metrics = jax.jit(train.make_train_step(config, model, tx))(state, data)
+    variables = {"params": new_state["params"], "batch_stats": new_state["batch_stats"]}
+    eval_step = train.make_eval_step(model, NUM_CLASSES, train.ignore_label(config))
+    confusion, _ = jax.jit(eval_step)(variables, dict(data, mask=np.ones(data["label"].shape, bool)))
+    results[ignore] = (float(metrics["loss"]), float(metrics["grad_norm"]),
+                       jax.device_get(new_state["params"]), np.asarray(confusion))
+  (loss_a, grad_a, params_a, conf_a), (loss_b, grad_b, params_b, conf_b) = results[255], results[254]
+  np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+  np.testing.assert_allclose(grad_b, grad_a, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7), params_a, params_b)
+  np.testing.assert_array_equal(conf_b, conf_a)
+  assert conf_a.sum() == (batch["label"] != 255).sum()
