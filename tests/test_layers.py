@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from deeplax import layers
+from deeplax import ops
+from deeplax.ops import xla_cpu
 
 
 @pytest.mark.parametrize("size", [64, 65])
@@ -50,6 +52,14 @@ def test_depthwise_kernels_keep_the_signal_scale():
   np.testing.assert_allclose(np.std(kernel), np.sqrt(2 / 9), rtol=0.15)
 
 
+def _xla_cpu(fn):
+  """fn traced with the XLA-CPU kernels."""
+  def traced(*args):
+    with ops.use_kernels("xla_cpu"):
+      return fn(*args)
+  return traced
+
+
 def _assert_same_values_and_gradients(ours, reference, x, kernel, tol=1e-5, grad_rtol=1e-4,
                                       grad_atol=1e-5):
   """ours(x, kernel) equals reference(x, kernel), and so do the gradients of a smooth loss."""
@@ -73,14 +83,15 @@ def _atrous_conv_and_reference(features, kernel_size, channels, seed, stride=1, 
                                         rhs_dilation=(rate, rate),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-  jaxpr = str(jax.make_jaxpr(lambda x: conv.apply(variables, x))(x))
-  ours = lambda x, k: conv.apply({"params": {"kernel": k}}, x)
+  with ops.use_kernels("xla_cpu"):
+    jaxpr = str(jax.make_jaxpr(lambda x: conv.apply(variables, x))(x))
+  ours = lambda x, k: _xla_cpu(conv.apply)({"params": {"kernel": k}}, x)
   return x, variables["params"]["kernel"], jaxpr, ours, reference
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_pointwise_conv_as_matmul_matches_convolution(stride):
-  """1x1 convolutions run as a matrix product (layers._conv_or_matmul): same values and
+  """1x1 convolutions run as a matrix product (xla_cpu.conv_general_dilated): same values and
   gradients as lax.conv_general_dilated, strided included (odd size: ceil(H / stride))."""
   x, kernel, jaxpr, ours, reference = _atrous_conv_and_reference(6, 1, 5, seed=0, stride=stride)
   assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
@@ -117,10 +128,10 @@ def test_per_tap_matmuls_match_convolution(padding, rate, dtype):
   w = jnp.asarray(rng.normal(size=(k, k, 6, 3)) / 6, dtype)
   pads = [padding, padding]
   args = dict(rhs_dilation=(rate, rate), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  assert layers._atrous_by_taps(x, w, pads, (rate, rate), None) is not None
+  assert xla_cpu.atrous_by_taps(x, w, pads, (rate, rate), None) is not None
   ref = lambda x, w: jax.lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32),
                                                   (1, 1), pads, **args)
-  ours = lambda x, w: layers._conv_or_matmul(x, w, (1, 1), pads, **args)
+  ours = lambda x, w: xla_cpu.conv_general_dilated(x, w, (1, 1), pads, **args)
   assert ours(x, w).dtype == dtype and ours(x, w).shape == ref(x, w).shape
   if dtype == jnp.float32:
     _assert_same_values_and_gradients(ours, ref, x, w, grad_atol=1e-4)
@@ -129,13 +140,15 @@ def test_per_tap_matmuls_match_convolution(padding, rate, dtype):
                                atol=3e-2)
 
 
-def test_relu_matches_jax_nn_relu():
+@pytest.mark.parametrize("kernels", ["canonical", "xla_cpu"])
+def test_relu_matches_jax_nn_relu(kernels):
   """layers.relu (a select, see its docstring) has jax.nn.relu's values, NaN included, and its
   derivative (0 at x <= 0)."""
-  x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 1.5, jnp.nan, -jnp.inf, jnp.inf])
-  np.testing.assert_array_equal(layers.relu(x), jax.nn.relu(x))
-  for f in (jax.grad(lambda x: layers.relu(x).sum()), lambda x: jax.jvp(layers.relu, (x,), (jnp.ones_like(x),))[1]):
-    np.testing.assert_array_equal(f(x), [0, 0, 0, 1, 1, 0, 0, 1])
+  with ops.use_kernels(kernels):
+    x = jnp.array([-2.0, -0.0, 0.0, 1e-30, 1.5, jnp.nan, -jnp.inf, jnp.inf])
+    np.testing.assert_array_equal(layers.relu(x), jax.nn.relu(x))
+    for f in (jax.grad(lambda x: layers.relu(x).sum()), lambda x: jax.jvp(layers.relu, (x,), (jnp.ones_like(x),))[1]):
+      np.testing.assert_array_equal(f(x), [0, 0, 0, 1, 1, 0, 0, 1])
 
 
 def _max_fusion_operands(fn, *args):
@@ -152,7 +165,7 @@ def test_residual_stream_is_not_recomputed_in_backward_fusions():
   def stream(relu):
     def loss(ws, x):
       for w in ws:
-        y = layers._pointwise(relu(x), w, None)
+        y = xla_cpu.pointwise(relu(x), w, None)
         x = relu(layers.batch_norm(True).apply({"params": {"scale": jnp.ones(8), "bias": jnp.zeros(8)},
                                                "batch_stats": {"mean": jnp.zeros(8), "var": jnp.ones(8)}},
                                               y, mutable=["batch_stats"])[0] + x)
@@ -160,61 +173,65 @@ def test_residual_stream_is_not_recomputed_in_backward_fusions():
     return jax.grad(loss)
   ws = [jnp.eye(8) * 0.5] * 12
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 8))
-  assert _max_fusion_operands(stream(layers.relu), ws, x) <= 16
+  assert _max_fusion_operands(stream(xla_cpu.relu), ws, x) <= 16
   assert _max_fusion_operands(stream(jax.nn.relu), ws, x) > 30  # the failure this guards against
 
 
+@pytest.mark.parametrize("kernels", ["canonical", "xla_cpu"])
 @pytest.mark.parametrize("shape,window,stride,padding", [
     ((2, 9, 11, 3), 3, 2, ((1, 1), (1, 1))), ((1, 10, 7, 2), 3, 2, ((0, 1), (1, 1))),
     ((1, 8, 8, 2), 3, 1, ((1, 1), (1, 1))), ((1, 9, 9, 1), 2, 2, ((0, 0), (0, 1)))])
-def test_max_pool_matches_flax_with_ties(shape, window, stride, padding):
+def test_max_pool_matches_flax_with_ties(shape, window, stride, padding, kernels):
   """layers.max_pool: nn.max_pool's values, and its gradient (to the first maximum of each
   window in row-major order) on inputs with many ties (values on a 0.5 grid, zeros)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.PRNGKey(2), shape) * 2) / 2)
-  ref = lambda x: nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
-  ours = lambda x: layers.max_pool(x, window, stride, [list(p) for p in padding])  # lists work too
-  y_ref, vjp_ref = jax.vjp(ref, x)
-  y, vjp = jax.vjp(ours, x)
-  np.testing.assert_array_equal(y, y_ref)
-  g = jax.random.normal(jax.random.PRNGKey(3), y.shape)
-  np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], atol=1e-6)
+  with ops.use_kernels(kernels):
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    x = jax.nn.relu(jnp.round(jax.random.normal(jax.random.PRNGKey(2), shape) * 2) / 2)
+    ref = lambda x: nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
+    ours = lambda x: layers.max_pool(x, window, stride, [list(p) for p in padding])  # lists work too
+    y_ref, vjp_ref = jax.vjp(ref, x)
+    y, vjp = jax.vjp(ours, x)
+    np.testing.assert_array_equal(y, y_ref)
+    g = jax.random.normal(jax.random.PRNGKey(3), y.shape)
+    np.testing.assert_allclose(vjp(g)[0], vjp_ref(g)[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("kernels", ["canonical", "xla_cpu"])
 @pytest.mark.parametrize("offset,dtype", [(1.0, jnp.float32), (30.0, jnp.float32),
                                           (1.0, jnp.bfloat16)])
-def test_batch_norm_matches_flax_in_training(offset, dtype):
+def test_batch_norm_matches_flax_in_training(offset, dtype, kernels):
   """layers.BatchNorm (own gradient, no x - mean tensor) against flax.linen.BatchNorm: same
   variables, outputs, running averages and gradients for x, scale and bias; also for activations
   whose mean is 15 standard deviations from 0. Initialising does not move the averages."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 6)) * 2 + offset
-  g = jax.random.normal(jax.random.PRNGKey(1), x.shape)
-  ref = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                     param_dtype=jnp.float32)
-  ours = layers.batch_norm(True, momentum=0.9, dtype=dtype)
-  init_ref, init_ours = ref.init(jax.random.PRNGKey(0), x), ours.init(jax.random.PRNGKey(0), x)
-  assert jax.tree.map(jnp.shape, init_ours) == jax.tree.map(jnp.shape, init_ref)
-  np.testing.assert_array_equal(init_ours["batch_stats"]["var"], np.ones(6))
-  params = {"scale": jnp.linspace(0.5, 2, 6), "bias": jnp.linspace(-1, 1, 6)}
-  stats = {"mean": jnp.full(6, 0.5), "var": jnp.full(6, 2.0)}
+  with ops.use_kernels(kernels):
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 6)) * 2 + offset
+    g = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+    ref = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                       param_dtype=jnp.float32)
+    ours = layers.batch_norm(True, momentum=0.9, dtype=dtype)
+    init_ref, init_ours = ref.init(jax.random.PRNGKey(0), x), ours.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, init_ours) == jax.tree.map(jnp.shape, init_ref)
+    np.testing.assert_array_equal(init_ours["batch_stats"]["var"], np.ones(6))
+    params = {"scale": jnp.linspace(0.5, 2, 6), "bias": jnp.linspace(-1, 1, 6)}
+    stats = {"mean": jnp.full(6, 0.5), "var": jnp.full(6, 2.0)}
 
-  def run(module):
-    def loss(params, x):
-      y, upd = module.apply({"params": params, "batch_stats": stats}, x.astype(dtype),
-                            mutable=["batch_stats"])
-      return jnp.sum(y.astype(jnp.float32) * g), (y, upd["batch_stats"])
-    (_, (y, new_stats)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x)
-    return y, new_stats, grads
+    def run(module):
+      def loss(params, x):
+        y, upd = module.apply({"params": params, "batch_stats": stats}, x.astype(dtype),
+                              mutable=["batch_stats"])
+        return jnp.sum(y.astype(jnp.float32) * g), (y, upd["batch_stats"])
+      (_, (y, new_stats)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x)
+      return y, new_stats, grads
 
-  (y_ref, stats_ref, grads_ref), (y, new_stats, grads) = run(ref), run(ours)
-  assert y.dtype == dtype
-  tol = 2e-2 if dtype == jnp.bfloat16 else 2e-5 * offset
-  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), atol=tol)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), new_stats,
-               stats_ref)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(tol, 1e-5)),
-               grads, grads_ref)
+    (y_ref, stats_ref, grads_ref), (y, new_stats, grads) = run(ref), run(ours)
+    assert y.dtype == dtype
+    tol = 2e-2 if dtype == jnp.bfloat16 else 2e-5 * offset
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), atol=tol)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), new_stats,
+                 stats_ref)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=max(tol, 1e-5)),
+                 grads, grads_ref)
 
 
 @pytest.mark.parametrize("shape,padding,rate,stride,dtype,taps", [
@@ -226,7 +243,7 @@ def test_batch_norm_matches_flax_in_training(offset, dtype):
     ((2, 17, 19, 6), (1, 1), 1, 1, jnp.float32, False)])  # 107 pixels per channel: XLA's
 def test_conv_weight_gradient_per_tap(shape, padding, rate, stride, dtype, taps):
   """Convolutions with few pixels per input channel (times rate^2) take their weight gradient on
-  CPU as one g^T x_tap product per tap (layers._conv_tap_weight_grad), XLA's elsewhere: values
+  CPU as one g^T x_tap product per tap (xla_cpu.conv_tap_weight_grad), XLA's elsewhere: values
   and both gradients equal XLA's convolution, with asymmetric padding, stride 2 and bfloat16
   (accumulated in float32)."""
   rng = np.random.default_rng(3)
@@ -234,15 +251,14 @@ def test_conv_weight_gradient_per_tap(shape, padding, rate, stride, dtype, taps)
   w = jnp.asarray(rng.normal(size=(3, 3, shape[3], 5)) / 6, dtype)
   pads = [padding, padding]
   args = dict(rhs_dilation=(rate, rate), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  assert layers._atrous_by_taps(x, w, pads, (rate, rate), None) is None  # mostly reads the image
+  assert xla_cpu.atrous_by_taps(x, w, pads, (rate, rate), None) is None  # mostly reads the image
   ref = lambda x, w: jax.lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32),
                                                   (stride, stride), pads, **args)
-  ours = lambda x, w: layers._conv_or_matmul(x, w, (stride, stride), pads, **args)
+  ours = lambda x, w: xla_cpu.conv_general_dilated(x, w, (stride, stride), pads, **args)
   weight_grad = jax.jit(jax.grad(lambda w: ours(x, w).astype(jnp.float32).sum())).trace(w)
-  for platform, per_tap in [("cpu", taps), ("cuda", False)]:
-    text = weight_grad.lower(lowering_platforms=(platform,)).as_text()
-    assert text.count("stablehlo.dot_general") == (9 if per_tap else 0), platform
-    assert text.count("stablehlo.convolution") == (0 if per_tap else 1), platform
+  text = weight_grad.lower().as_text()
+  assert text.count("stablehlo.dot_general") == (9 if taps else 0)
+  assert text.count("stablehlo.convolution") == (0 if taps else 1)
   if dtype == jnp.float32:
     _assert_same_values_and_gradients(ours, ref, x, w, grad_atol=1e-4)
   else:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from deeplax import layers
+from deeplax import ops
 from deeplax import models
 from deeplax.cli import load_config_file
 from deeplax.models import param_count
@@ -77,10 +78,10 @@ def conv_eqns(jaxpr):
 
 
 def traced_convs(model, variables, size):
-  """The model's convolutions as traced, 1x1 ones included (layers._conv_or_matmul lowers those to
-  a matmul, so it is swapped for the plain convolution while tracing)."""
+  """The model's convolutions as traced with the canonical kernels (1x1 ones included: the XLA-CPU
+  kernels lower those to a matmul)."""
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  with mock.patch.object(layers, "_conv_or_matmul", jax.lax.conv_general_dilated):
+  with ops.use_kernels("canonical"):
     return conv_eqns(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, images))
 
 
