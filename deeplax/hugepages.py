@@ -1,17 +1,16 @@
 """Transparent huge pages for the large buffers XLA CPU allocates on every step.
 
-XLA CPU allocates a step's temporaries (2.8 GB for DeepLabv3-ResNet-101 at crop 513) with
-malloc, which maps them fresh on every call; every first touch of a 4 KiB page is then a page
-fault: ~800k faults and ~0.6 s of kernel time per ResNet-101 step. glibc >= 2.35 asks the kernel
-for transparent huge pages on its mapped chunks when started with
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (kernel THP mode 'madvise' or 'always'): ~5k faults, and
-the step is 2.58 -> 2.35 s (BENCHMARKS.md). Resident memory grows in 2 MiB steps instead.
+XLA CPU allocates a step's temporaries with malloc, which maps them fresh on every call, so every
+first touch of a 4 KiB page is a page fault. glibc >= 2.35 asks the kernel for transparent huge
+pages on its mapped chunks when started with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (kernel THP
+mode 'madvise' or 'always'); figures in BENCHMARKS.md ("XLA-CPU kernels").
 
 The tunable is read when the process starts, so `deeplax.main` re-executes itself once with it
-set. DEEPLAX_HUGE_PAGES=0 turns this off. Elsewhere it is harmless: other C libraries ignore the
-variable, and without THP support the kernel ignores the request.
+set, only where JAX will run on the CPU: JAX_PLATFORMS names cpu first, or no accelerator plugin
+(CUDA, ROCm, TPU) is installed. DEEPLAX_HUGE_PAGES=0 turns this off.
 """
 
+import importlib.util
 import os
 import sys
 from typing import Mapping, Optional
@@ -30,11 +29,28 @@ def env_with_huge_pages(env: Mapping[str, str]) -> dict:
   return env
 
 
-def should_reexec(env: Mapping[str, str], platform: str = sys.platform) -> bool:
-  """True on Linux when the tunable is not set yet and DEEPLAX_HUGE_PAGES is not '0'."""
+ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+                       "jax_rocm7_plugin", "libtpu", "jax_plugins")
+
+
+def backend_is_cpu(env: Mapping[str, str], find_spec=importlib.util.find_spec) -> bool:
+  """True when JAX will run on the CPU, decided without importing jax: JAX_PLATFORMS (or
+  JAX_PLATFORM_NAME) names cpu first, or neither is set and no accelerator plugin is installed."""
+  platforms = env.get("JAX_PLATFORMS") or env.get("JAX_PLATFORM_NAME") or ""
+  if platforms:
+    return platforms.split(",")[0].strip().lower() == "cpu"
+  return not any(find_spec(name) is not None for name in ACCELERATOR_MODULES)
+
+
+def should_reexec(env: Mapping[str, str], platform: str = sys.platform,
+                  find_spec=importlib.util.find_spec) -> bool:
+  """True on Linux with a CPU backend when the tunable is not set yet and DEEPLAX_HUGE_PAGES is
+  not '0'."""
   if platform != "linux" or env.get(OPT_OUT, "1") == "0":
     return False
-  return "glibc.malloc.hugetlb=" not in env.get("GLIBC_TUNABLES", "")
+  if "glibc.malloc.hugetlb=" in env.get("GLIBC_TUNABLES", ""):
+    return False
+  return backend_is_cpu(env, find_spec)
 
 
 def reexec_with_huge_pages(argv: Optional[list] = None) -> None:

@@ -25,6 +25,19 @@ def test_should_reexec_only_once_and_only_on_linux():
   assert not hugepages.should_reexec({}, platform="darwin")
 
 
+def test_huge_pages_only_where_jax_runs_on_the_cpu():
+  """GPU and TPU hosts (an accelerator plugin installed, or JAX_PLATFORMS naming one) keep
+  their process as started."""
+  none = lambda name: None
+  cuda = lambda name: object() if name == "jax_cuda12_plugin" else None
+  assert hugepages.should_reexec({}, platform="linux", find_spec=none)
+  assert not hugepages.should_reexec({}, platform="linux", find_spec=cuda)
+  assert hugepages.should_reexec({"JAX_PLATFORMS": "cpu"}, platform="linux", find_spec=cuda)
+  assert not hugepages.should_reexec({"JAX_PLATFORMS": "cuda,cpu"}, platform="linux",
+                                     find_spec=none)
+  assert not hugepages.should_reexec({"JAX_PLATFORMS": "tpu"}, platform="linux", find_spec=none)
+
+
 def _run(env):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run([sys.executable, "-c", _SCRIPT, "--flag=1"], capture_output=True, text=True,
