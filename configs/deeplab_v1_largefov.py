@@ -11,7 +11,6 @@ Fields are documented in deeplax/models/vgg.py and deeplax/models/common.py.
 """
 
 from deeplax import defaults
-from deeplax.data import default_data_config
 from deeplax.models import common
 
 
@@ -34,7 +33,6 @@ def get_config():
   # ground truth subsampled by 8 to the scores (v3 §4.1 "Upsampling logits" describes v1/v2).
   # v1's original "step" policy: --config.lr_schedule=step --config.lr_step_size=2000
   # --config.batch_size=20 --config.total_steps=6000 (v2 §4.1).
-  config.data = default_data_config()
   config.data.name = "voc"
   config.data.train_split = "train_aug"
   config.data.eval_split = "val"

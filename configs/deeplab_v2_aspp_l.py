@@ -17,7 +17,6 @@ Fields are documented in deeplax/models/deeplab.py and deeplax/models/common.py.
 """
 
 from deeplax import defaults
-from deeplax.data import default_data_config
 from deeplax.models import common
 
 
@@ -42,7 +41,6 @@ def get_config():
   # "poly" (power 0.9) from lr 2.5e-4 with 10x on the ASPP classifier branches, momentum 0.9,
   # weight decay 5e-4 (kernels only), ground truth subsampled to the scores, multi-scale input
   # training on {1, 0.75, 0.5} with max fusion (v2 §3.2, "MSC"), BN frozen (Caffe ResNet-101).
-  config.data = default_data_config()
   config.data.name = "voc"
   config.data.train_split = "train_aug"
   config.data.eval_split = "val"

@@ -13,7 +13,6 @@ already generated; compile, ~110 images/s, two evaluations), validation mIoU 0.8
 """
 
 from deeplax import defaults
-from deeplax.data import default_data_config
 from deeplax.models import deeplab
 
 
@@ -23,7 +22,6 @@ def get_config():
       backbone="resnet_small", num_classes=5, output_stride=8, multi_grid=(1, 2, 4),
       aspp_rates=(2, 4, 6), aspp_rates_output_stride=16, aspp_features=64, aspp_dropout=0.0,
       bn_momentum=0.99, align_corners=True)
-  config.data = default_data_config()
   config.data.name = "shapes"
   config.data.crop_size = 113
   config.data.min_scale = 0.75

@@ -4,6 +4,8 @@ Each section is documented where it is consumed: `model` by `deeplax.models.buil
 `deeplax.data`, the top-level training fields by `deeplax.train`.
 """
 
+import os
+
 import ml_collections
 
 
@@ -46,9 +48,55 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
 
   # Data (deeplax.data): dataset, augmentation and evaluation padding; defaults: built-in shapes.
-  from deeplax import data  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  config.data = data.default_data_config()
+  config.data = data_config()
   return config
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """`config.data`: which dataset and how to feed it (read by `deeplax.data`). Defaults suit the
+  built-in shapes data. Here, not in `deeplax.data`, so configs load without TensorFlow."""
+  c = ml_collections.ConfigDict()
+  c.name = "shapes"  # 'shapes' | 'voc' | 'cityscapes' | 'folder'
+  # tfds data directory the builders write to and read from ($TFDS_DATA_DIR if set).
+  c.data_dir = os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+  # Source files: VOC (holds VOCdevkit/ and benchmark_RELEASE/), Cityscapes (holds leftImg8bit/
+  # and gtFine/), folder (holds images/ and labels/; see deeplax.data.folder). Unused by shapes.
+  c.manual_dir = ml_collections.config_dict.placeholder(str)
+  c.train_split = "train"  # VOC: 'train_aug' in the papers (v2 §4.1, v3 §4); 'trainval'
+  c.eval_split = "val"
+  # Training augmentation. The papers' VOC settings (their configs set them): v2 §4.1 scale
+  # [0.5, 1.5], crop 321; v3 §4.1 scale [0.5, 2.0], crop 513, flip. Defaults suit shapes.
+  # Sizes of 16k+1 (113, 145, 513) put the corner pixels of output-stride-16/8 features exactly
+  # on image pixels, as the models' align_corners=True upsampling assumes (TF DeepLab's 513).
+  c.crop_size = 113
+  c.min_scale = 0.75
+  c.max_scale = 1.25
+  c.random_flip = True
+  c.normalization = "imagenet"  # 'imagenet' (torchvision mean/std) | 'inception' ([-1, 1])
+  # Evaluation: pad every image (bottom/right) to eval_pad_size x eval_pad_width for static
+  # shapes (VOC: 513; Cityscapes: 1024 x 2048); width None = square. eval_pad_size None = batch
+  # size 1 at native size.
+  c.eval_pad_size = 145
+  c.eval_pad_width = ml_collections.config_dict.placeholder(int)
+  c.eval_batch_size = 8  # global, over all processes; divided by the process count
+  c.ignore_label = 255  # the label value of ignored pixels in the batches
+  # Hard-image bootstrapping (v3 §4.3): training images containing any of these classes (names
+  # or ids; paper: bicycle, chair, diningtable, pottedplant, sofa) appear bootstrap_repeats
+  # times per epoch instead of once.
+  c.bootstrap_classes = []
+  c.bootstrap_repeats = 1
+  # 0: no shuffling (split order, for debugging). Any other value: a full, exact per-epoch
+  # permutation (random access needs no buffer; the field is kept for familiar configs).
+  c.shuffle_buffer = -1
+  c.prefetch = 2  # batches prefetched by tf.data
+  c.num_parallel_calls = -1  # parallel decode/augment calls; -1 = tf.data.AUTOTUNE
+  # The built-in synthetic dataset (deeplax.data.shapes).
+  c.shapes = ml_collections.ConfigDict(
+      dict(seed=0, num_train=400, num_val=100, min_size=112, max_size=144))
+  # A folder dataset's classes when its root has no classes.txt (deeplax.data.folder).
+  c.folder = ml_collections.ConfigDict()
+  c.folder.num_classes = ml_collections.config_dict.placeholder(int)
+  return c
 
 
 def voc_v3_training(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

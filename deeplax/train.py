@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from deeplax import checkpoint as ckpt_lib
+from deeplax import defaults
 from deeplax import layers
 from deeplax import losses
 from deeplax import metrics as metrics_lib
@@ -62,9 +63,8 @@ def prepare_config(config: ml_collections.ConfigDict,
 
   `check_devices`: also require batch_size to divide over this machine's devices.
   """
-  from deeplax import data as data_lib  # the data pipeline imports TensorFlow
   config = ml_collections.ConfigDict(config.to_dict())
-  data_config = data_lib.default_data_config()
+  data_config = defaults.data_config()
   unknown = sorted(set(config.data.keys()) - set(data_config.keys()))
   if unknown:
     raise ValueError(f"unknown config.data keys {unknown}; known: {sorted(data_config.keys())}")
