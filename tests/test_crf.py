@@ -122,6 +122,21 @@ def test_dense_crf_core_reuses_tables_of_the_last_size(small):
   assert not inference._WORKSPACE_CACHE
 
 
+def test_lattice_tables_are_kept_only_on_the_cpu(small, monkeypatch):
+  """The kept tables serve the CPU's page faults; arrays on an accelerator keep nothing."""
+  from deeplax.crf import inference
+  params = crf.CRFParams()
+  image, unary = small
+  crf.release_workspaces()
+  q_cpu, _ = crf.dense_crf_core(unary, image, params)
+  assert len(inference._WORKSPACE_CACHE) == 1
+  crf.release_workspaces()
+  monkeypatch.setattr(inference, "_platform", lambda x: "gpu")
+  q_gpu, _ = crf.dense_crf_core(unary, image, params)
+  assert not inference._WORKSPACE_CACHE
+  np.testing.assert_allclose(np.asarray(q_gpu), np.asarray(q_cpu), atol=1e-6)
+
+
 @pytest.mark.parametrize("normalization", ["none", "before", "after", "symmetric"])
 def test_mean_field_exact_with_separable_spatial_kernel(small, normalization):
   """The mean-field machinery is exact where the filter is: separable spatial vs O(N^2)."""

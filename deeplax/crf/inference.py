@@ -231,6 +231,10 @@ _WORKSPACE_CACHE = {}  # the latest call's tables: {call signature: workspaces}
 _WORKSPACE_CACHE_MAX_BYTES = 1 << 30  # larger sets (e.g. 2048x1024 images) are not kept
 
 
+def _platform(x) -> str:
+  return next(iter(x.devices())).platform
+
+
 def release_workspaces():
   """Frees the lattice tables `dense_crf_core` / `dense_crf` keep for the next call."""
   _WORKSPACE_CACHE.clear()
@@ -256,9 +260,10 @@ def dense_crf_core(unary_HWC, image_HW3, params: CRFParams, num_iters: int = 10,
   Q = 0 and do not influence the others. Weights, sigmas and the normalisation are traced (no
   recompilation when they change); spatial_filter is static. The flag is set when a lattice
   needs more than capacity_factor x H W points or its keys do not fit `key_words` uint32 words
-  (rerun with capacity_factor=6, key_words=2). Called eagerly, it keeps the lattice tables of
-  the latest image size for the next call (one set, ~190 MB at VOC size, none above 1 GiB;
-  `release_workspaces()` frees them).
+  (rerun with capacity_factor=6, key_words=2). Called eagerly on the CPU, it keeps the lattice
+  tables of the latest image size for the next call (one set, ~190 MB at VOC size, none above
+  1 GiB; `release_workspaces()` frees them): fresh tables cost the CPU page faults each call
+  (BENCHMARKS.md, "Dense CRF"). On accelerators nothing is kept.
   """
   if valid_hw is not None:
     valid_hw = jnp.asarray(valid_hw, jnp.int32)
@@ -267,6 +272,8 @@ def dense_crf_core(unary_HWC, image_HW3, params: CRFParams, num_iters: int = 10,
   if any(isinstance(x, jax.core.Tracer) for x in (unary_HWC, image_HW3, valid_hw)):
     return _core(unary_HWC, image_HW3, *args)
   unary_HWC, image_HW3 = jnp.asarray(unary_HWC), jnp.asarray(image_HW3)
+  if _platform(unary_HWC) != "cpu":
+    return _core(unary_HWC, image_HW3, *args)
   key = (unary_HWC.shape, image_HW3.shape, args[1], args[4], args[6])
   workspaces = _WORKSPACE_CACHE.pop(key, None)
   if workspaces is None:
