@@ -7,9 +7,13 @@ environment, or --coordinator_address / --num_processes / --process_id).
 
 The launch re-executes itself once with glibc's transparent-huge-page malloc (deeplax.hugepages;
 DEEPLAX_HUGE_PAGES=0 turns it off).
+
+Exit status: 0 done (or preempted with a checkpoint saved), 3 the workdir is in use by another
+run (its lock file names the holder: deeplax.workdir_lock), 1 any other failure.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -24,6 +28,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+LOCKED_EXIT = 3
 
 
 class _QuietOrbax(logging.logging.Filter):
@@ -45,7 +51,12 @@ def main(argv):
   from deeplax import train  # pylint: disable=g-import-not-at-top
   logging.info("JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
-  history = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from deeplax import workdir_lock  # pylint: disable=g-import-not-at-top
+  try:
+    history = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except workdir_lock.WorkdirLockedError as e:
+    logging.error("%s", e)
+    sys.exit(LOCKED_EXIT)
   if history["eval"]:
     last = history["eval"][-1]
     logging.info("final step %d: mIoU %.4f, pixel accuracy %.4f", last["step"], last["miou"],

@@ -19,6 +19,7 @@ Batch-norm stages (v3 §4.1): train BN (config.model.freeze_bn=False) or freeze 
 config.init_from. Multi-scale input training (v2 §3.2): config.train_scales.
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -43,6 +44,7 @@ from deeplax import losses
 from deeplax import metrics as metrics_lib
 from deeplax import models
 from deeplax import optim
+from deeplax import workdir_lock
 
 AXIS_NAME = "batch"   # pmap axis (config.model.bn_axis_name under pmap)
 MESH_AXIS = "data"    # mesh axis the batch is sharded on under jit
@@ -193,18 +195,27 @@ def make_train_step(config, model, tx, axis_name: Optional[str] = None) -> Calla
     updates, new_opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # A non-finite step leaves the state as it was; the host stops the run (see train_and_evaluate).
+    param_norm = optax.tree.norm(new_params)
+    ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
+          & _all_finite(new_opt_state) & _all_finite(new_batch_stats))
+    # A non-finite step (loss, gradient, or the state it would write) leaves the state as it was;
+    # the host stops the run (see train_and_evaluate).
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = {"params": keep(new_params, state["params"]),
                  "batch_stats": keep(new_batch_stats, state["batch_stats"]),
                  "opt_state": keep(new_opt_state, state["opt_state"]),
                  "step": state["step"] + 1, "rng": state["rng"]}
-    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr_fn(state["step"]),
-               "finite": ok}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm,
+               "learning_rate": lr_fn(state["step"]), "finite": ok}
     return new_state, metrics
 
   return step
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
 
 
 def make_eval_step(model, num_classes: int, ignore_label: int = 255) -> Callable:
@@ -425,11 +436,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `stop_at_step` ends this invocation early (checkpoint saved) as a preemption would; the
   schedule still follows config.total_steps. `step_callback(step, metrics)` runs after each step.
   Returns a history dict: 'train' (per logged step), 'eval' (metrics per evaluation), 'step'
-  (last step), 'preempted', 'init_report'.
+  (last step), 'preempted', 'init_report'. Holds `<workdir>/lock` while it runs (process 0);
+  raises `workdir_lock.WorkdirLockedError`, naming the holder, if another live process has it.
   """
-  from deeplax import data as data_lib  # the data pipeline imports TensorFlow
   config = prepare_config(config)
   workdir = os.path.abspath(workdir)
+  # Only process 0 writes to the workdir, so only it holds the lock (deeplax.workdir_lock).
+  lock = workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    return _train_and_evaluate(config, workdir, stop_at_step, step_callback)
+
+
+def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
+  from deeplax import data as data_lib  # the data pipeline imports TensorFlow
   is_main = jax.process_index() == 0
   config_path = os.path.join(workdir, ckpt_lib.CONFIG_FILE)
   if os.path.exists(config_path):
@@ -533,8 +552,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           manager.wait_until_finished()
           good = manager.latest_step()
           raise FloatingPointError(
-              f"non-finite loss ({float(metrics['loss'])}) or gradient norm "
-              f"({float(metrics['grad_norm'])}) at step {step}; training stopped. The last good "
+              f"non-finite loss ({float(metrics['loss'])}), gradient norm "
+              f"({float(metrics['grad_norm'])}) or updated state (parameter norm "
+              f"{float(metrics['param_norm'])}) at step {step}, not applied; training stopped. The last good "
               f"checkpoint is step {good} in {manager.directory} (none if None). Lower "
               f"config.learning_rate, set config.grad_clip_norm or check the input data.")
         if step_callback is not None:

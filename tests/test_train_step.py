@@ -132,6 +132,22 @@ def test_frozen_batch_norm_keeps_statistics():
   assert not np.allclose(after["params"]["logits"]["kernel"], before["params"]["logits"]["kernel"])
 
 
+def test_step_whose_update_is_not_finite_is_not_applied():
+  """Finite loss and gradients, but an update that overflows the parameters (lr 1e39 is inf in
+  float32): the state stays as it was and the step reports finite=False."""
+  config = train.prepare_config(_config(learning_rate=1e39))
+  model = models.build(config.model)
+  state, tx = train.create_train_state(config, model, jax.random.PRNGKey(0), (BATCH, CROP, CROP, 3))
+  before = jax.device_get(state)
+  new_state, metrics = jax.jit(train.make_train_step(config, model, tx))(state, _batches(1)[0])
+  assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  assert not bool(metrics["finite"])
+  after = jax.device_get(new_state)
+  for key in ("params", "batch_stats", "opt_state"):
+    jax.tree.map(np.testing.assert_array_equal, after[key], before[key])
+  assert int(after["step"]) == 1
+
+
 @pytest.mark.parametrize("overrides", [
     {"loss.target_mode": "upsample_logits", "train_scales": (1.0, 0.75, 0.5)},
     {"loss.target_mode": "downsample_labels", "train_scales": (1.0, 0.75, 0.5),
