@@ -217,7 +217,7 @@ def _maybe_compile(model, want):
   if not want:
     return model, "eager"
   try:
-    return torch.compile(model), "torch.compile"
+    return torch.compile(model), "torch.compile"  # compiles lazily: see the first-call fallback
   except Exception as e:  # pylint: disable=broad-except
     return model, f"eager (torch.compile failed: {type(e).__name__})"
 
@@ -374,7 +374,7 @@ def main():
   parser.add_argument("--smoke", action="store_true", help="tiny sizes (the test suite, any CPU)")
   parser.add_argument("--out", default="bench_device.json", help="JSON with every row")
   parser.add_argument("--parts", default="train,inference,crf")
-  parser.add_argument("--torch_compile", type=int, default=1)
+  parser.add_argument("--torch_compile", type=int, default=1, help="0: eager torch (--smoke: always)")
   parser.add_argument("--timeout", type=int, default=420, help="seconds per variant")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -386,7 +386,8 @@ def main():
              TF_CPP_MIN_LOG_LEVEL="2")
   rows, t_start = [], time.time()
   parts = args.parts.split(",")
-  for part, label, spec in variants(s, bool(args.torch_compile)):
+  torch_compile = bool(args.torch_compile) and not args.smoke  # smoke: eager, quick
+  for part, label, spec in variants(s, torch_compile):
     if part not in parts:
       continue
     row = dict(part=part, variant=label, **{k: v for k, v in spec.items() if k != "fn"})
