@@ -272,7 +272,7 @@ def torch_train(s, output_stride, compile_model):
     loss = step()
   _torch_sync()
   dt = (time.time() - t0) / s["steps"]
-  return dict(images_per_sec=b / dt, sec_per_step=dt, compile_s=warmup_s, mode=how,
+  return dict(images_per_sec=b / dt, sec_per_step=dt, compile_s=warmup_s, torch_mode=how,
               peak_memory_gib=_torch_peak(), loss=float(loss))
 
 
@@ -316,7 +316,7 @@ def torch_inference(s, mode, compile_model):
     run()
   _torch_sync()
   dt = (time.time() - t0) / s["steps"]
-  return dict(images_per_sec=images.shape[0] / dt, sec_per_call=dt, compile_s=warmup_s, mode=how,
+  return dict(images_per_sec=images.shape[0] / dt, sec_per_call=dt, compile_s=warmup_s, torch_mode=how,
               peak_memory_gib=_torch_peak(), shape=list(images.shape[2:]))
 
 
@@ -421,7 +421,8 @@ def main():
     if "images_per_sec" not in r:
       print(f"| {r['part']} | {r['variant']} | {r.get('skipped') or 'error'} | | | |")
       continue
-    print(f"| {r['part']} | {r['variant']} | {r['images_per_sec']:.2f} | "
+    label = r["variant"] + (f" ({r['torch_mode']})" if r.get("torch_mode") else "")
+    print(f"| {r['part']} | {label} | {r['images_per_sec']:.2f} | "
           f"{_fmt(r.get('mfu'), '.1%')} | {_fmt(r.get('peak_memory_gib'), '.1f')} | "
           f"{r['compile_s']:.0f} |")
   failed = [r["variant"] for r in rows if "error" in r]
