@@ -110,8 +110,7 @@ def voc_v3_training(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     --config.init_from=<stage-1 workdir> --config.model.freeze_bn=True
     --config.model.output_stride=8 --config.data.train_split=trainval --config.learning_rate=0.001
   """
-  from deeplax import data  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  config.data = data.default_data_config()
+  config.data = data_config()
   config.data.name = "voc"
   config.data.train_split = "train_aug"
   config.data.eval_split = "val"

@@ -441,10 +441,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   config = prepare_config(config)
   workdir = os.path.abspath(workdir)
-  # Only process 0 writes to the workdir, so only it holds the lock (deeplax.workdir_lock).
-  lock = workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-  with lock:
+  with _hold_workdir(workdir):
     return _train_and_evaluate(config, workdir, stop_at_step, step_callback)
+
+
+@contextlib.contextmanager
+def _hold_workdir(workdir: str):
+  """Only process 0 writes to the workdir, so only it holds the lock (deeplax.workdir_lock); the
+  other processes learn whether it got it, so a refused multi-host launch stops everywhere."""
+  lock, refused = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = workdir_lock.WorkdirLock(workdir).acquire()
+    except workdir_lock.WorkdirLockedError as e:
+      refused = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    got = multihost_utils.broadcast_one_to_all(np.int32(refused is None and lock is not None))
+    if not int(got) and refused is None:
+      refused = workdir_lock.WorkdirLockedError(
+          f"workdir {workdir} is in use by another run (process 0 could not lock it)")
+  if refused is not None:
+    raise refused
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 def _train_and_evaluate(config, workdir, stop_at_step, step_callback):

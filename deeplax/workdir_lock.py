@@ -59,10 +59,14 @@ class WorkdirLock:
     if previous:
       logging.warning("taking over a stale lock of %s (that process no longer holds it)",
                       _describe(previous))
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                             "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
-    os.fsync(fd)
+    try:
+      os.ftruncate(fd, 0)
+      os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+      os.fsync(fd)
+    except OSError:
+      os.close(fd)  # e.g. a full disk: drop the lock rather than hold it unreported
+      raise
     self._fd = fd
     return self
 

@@ -26,5 +26,8 @@ def test_device_benchmark_smoke(tmp_path):
     assert rows[name]["images_per_sec"] > 0, rows[name]
   assert rows["deeplax window"]["shape"] == list(report["settings"]["window_image"])
   for name in ("torchvision OS 16", "torchvision crop", "torchvision window"):
-    assert ("images_per_sec" in rows[name]) == has_torch, rows[name]
+    row = rows[name]
+    assert "error" not in row and ("images_per_sec" in row or "skipped" in row), row
+    if not has_torch:
+      assert "skipped" in row, row
   assert report["versions"]["jax"]

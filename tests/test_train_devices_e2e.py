@@ -8,7 +8,7 @@ What must agree, and how closely (the measurements are in BENCHMARKS.md, "1 vs 8
   activation within rounding of 0 switches its ReLU), so any change of summation order moves the
   first gradient by ~1% and the next steps amplify it. Two 1-device runs whose only difference
   is the kernel set (`DEEPLAX_KERNELS`, same numbers to float32 rounding per op) drift exactly as
-  far. The 8-device states after step 4 must stay within a small multiple of that 1-device spread.
+  far. The 8-device states after step 4 must stay within 10x that 1-device spread (measured: 1.0-1.2x).
 """
 
 import json
@@ -114,4 +114,4 @@ def test_after_four_steps_within_the_float32_spread_of_one_device(runs, name):
     spread = _deviation(states_1, states_c, 4, collection)
     got = _deviation(states_1, states_n, 4, collection)
     assert spread > 0, collection  # the two 1-device runs do differ (float32 rounding)
-    assert got < 4 * spread + 1e-6, (collection, got, spread)
+    assert got < 10 * spread + 1e-6, (collection, got, spread)

@@ -22,6 +22,9 @@ SCRIPT = textwrap.dedent("""
     import deeplax.models, deeplax.train, deeplax.inference, deeplax.crf
     from deeplax import models, train, inference, crf
     from deeplax.cli import load_config_file
+    import glob
+    for path in sorted(glob.glob("configs/*.py")):
+      load_config_file(path)  # every config loads without TensorFlow
     config = load_config_file("configs/shapes.py")
     config.batch_size = 2
     config = train.prepare_config(config)
