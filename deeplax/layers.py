@@ -90,10 +90,15 @@ def atrous_conv(features: int, kernel_size: int = 3, *, stride: int = 1, rate: i
 BN_AXES = (0, 1, 2)
 
 
+def at_least_float32(dtype):
+  """The dtype statistics and losses are computed in: float32, or float64 for float64 inputs."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def batch_moments(x_NHWC, axis_name):
   """Per-channel mean and biased variance over N, H, W (and the pmap axis) in float32, as flax's
   fast variance: E[x^2] - E[x]^2 in one pass, clipped at 0."""
-  x = x_NHWC.astype(jnp.float32)
+  x = x_NHWC.astype(at_least_float32(x_NHWC.dtype))
   moments = jnp.stack([x.mean(BN_AXES), (x * x).mean(BN_AXES)])
   if axis_name is not None:
     moments = jax.lax.pmean(moments, axis_name)
@@ -107,7 +112,7 @@ def batch_norm_train(x_NHWC, scale, bias, epsilon: float, axis_name: Optional[st
 
   def canonical(x, scale, bias):
     mean, var = batch_moments(x, axis_name)
-    y = (x.astype(jnp.float32) - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+    y = (x.astype(at_least_float32(x.dtype)) - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
     return y.astype(dtype), mean, var
 
   return ops.choose(
@@ -137,7 +142,7 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
     if self.use_running_average:
       inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
-      y = (x_NHWC.astype(jnp.float32) - ra_mean.value) * (inv * scale) + bias
+      y = (x_NHWC.astype(at_least_float32(x_NHWC.dtype)) - ra_mean.value) * (inv * scale) + bias
       return y.astype(self.dtype)
     initializing = self.is_initializing()
     y, mean, var = batch_norm_train(x_NHWC, scale, bias, self.epsilon,

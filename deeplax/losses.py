@@ -51,7 +51,7 @@ def pixel_cross_entropy(logits_NHWC: jax.Array, labels_NHW: jax.Array, *, ignore
   labels = labels_NHW.astype(jnp.int32)
   valid = labels != ignore_label
   safe_labels = jnp.where(valid, labels, 0)
-  log_probs = jax.nn.log_softmax(logits_NHWC.astype(jnp.float32), axis=-1)
+  log_probs = jax.nn.log_softmax(logits_NHWC.astype(layers.at_least_float32(logits_NHWC.dtype)), axis=-1)
   # A one-hot select, not a gather: its gradient is a select too, where the gather's is a
   # scatter into zeros (slower on XLA CPU).
   is_label = safe_labels[..., None] == jnp.arange(num_classes, dtype=jnp.int32)
@@ -97,7 +97,7 @@ def segmentation_loss_sum(logits_lowres_NHWC: jax.Array, labels_NHW: jax.Array, 
                           ) -> Tuple[jax.Array, jax.Array]:
   """(loss sum, weight sum) of low-resolution scores against full-resolution labels."""
   if target_mode == "upsample_logits":
-    logits = layers.resize_bilinear(logits_lowres_NHWC.astype(jnp.float32), labels_NHW.shape[1:3],
+    logits = layers.resize_bilinear(logits_lowres_NHWC.astype(layers.at_least_float32(logits_lowres_NHWC.dtype)), labels_NHW.shape[1:3],
                                     align_corners=align_corners)
     labels = labels_NHW
   elif target_mode == "downsample_labels":

@@ -183,7 +183,7 @@ def make_train_step(config, model, tx, axis_name: Optional[str] = None) -> Calla
         else:
           size = scale_logits[scales.index(max(scales))].shape[1:3]
         fused = functools.reduce(jnp.maximum, [
-            layers.resize_bilinear(l.astype(jnp.float32), size, loss_kwargs["align_corners"])
+            layers.resize_bilinear(l.astype(layers.at_least_float32(l.dtype)), size, loss_kwargs["align_corners"])
             for l in scale_logits])
         loss = loss + term(fused, labels)
       return loss, new_batch_stats

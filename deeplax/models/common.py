@@ -2,6 +2,7 @@
 
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -38,7 +39,10 @@ def check_images(images, output_stride: int,
 
 
 def compute_dtype(name: str):
-  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
+            "float64": jnp.float64}
+  if name == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("config.model.dtype='float64' needs 64-bit JAX (JAX_ENABLE_X64=1)")
   if name not in dtypes:
     raise ValueError(f"config.model.dtype must be one of {sorted(dtypes)}; got {name!r}")
   return dtypes[name]

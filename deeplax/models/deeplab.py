@@ -104,14 +104,15 @@ class DeepLab(nn.Module):
       logits = logits_conv(name="logits")(y)
 
     size = images_NHWC.shape[1:3]
-    features["logits_lowres"] = logits.astype(jnp.float32)
+    features["logits_lowres"] = logits.astype(layers.at_least_float32(logits.dtype))
     logits_NHWC = layers.resize_bilinear(features["logits_lowres"], size, self.align_corners)
     if self.aux_head:
       # torchvision's FCNHead on block3: C -> C/4 (256 for ResNet-50/101/152) -> classes.
       aux = features["block3"]
       aux = layers.ConvBN(aux.shape[-1] // 4, 3, norm=norm, dtype=self.dtype, name="aux_conv")(aux)
       aux = nn.Dropout(0.1, deterministic=not train)(aux)
-      aux = logits_conv(name="aux_logits")(aux).astype(jnp.float32)
+      aux = logits_conv(name="aux_logits")(aux)
+      aux = aux.astype(layers.at_least_float32(aux.dtype))
       features["aux_logits"] = layers.resize_bilinear(aux, size, self.align_corners)
     if return_features:
       return logits_NHWC, features

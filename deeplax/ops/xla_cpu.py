@@ -306,7 +306,7 @@ def _batch_norm_train_fwd(x_NHWC, scale, bias, epsilon, axis_name, dtype):
   inv = jax.lax.rsqrt(var + epsilon)
   # y = x * a + b: no x - mean tensor for XLA to keep in memory for the backward pass.
   a = inv * scale
-  y = (x_NHWC.astype(jnp.float32) * a + (bias - mean * a)).astype(dtype)
+  y = (x_NHWC.astype(layers.at_least_float32(x_NHWC.dtype)) * a + (bias - mean * a)).astype(dtype)
   return (y, mean, var), (x_NHWC, scale, mean, inv)
 
 
@@ -319,7 +319,8 @@ def _batch_norm_train_bwd(epsilon, axis_name, dtype, residuals, cotangents):
   running averages and take no gradient."""
   del epsilon, dtype
   x_NHWC, scale, mean, inv = residuals
-  g, x = cotangents[0].astype(jnp.float32), x_NHWC.astype(jnp.float32)
+  wide = layers.at_least_float32(x_NHWC.dtype)
+  g, x = cotangents[0].astype(wide), x_NHWC.astype(wide)
   local = jnp.stack([g.sum(layers.BN_AXES), (g * x).sum(layers.BN_AXES)])
   count = x_NHWC.shape[0] * x_NHWC.shape[1] * x_NHWC.shape[2]
   total = local
