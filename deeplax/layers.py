@@ -82,7 +82,8 @@ def atrous_conv(features: int, kernel_size: int = 3, *, stride: int = 1, rate: i
   pad = symmetric_padding(kernel_size, rate)
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
                  kernel_dilation=(rate, rate), padding=(pad, pad), use_bias=use_bias,
-                 feature_group_count=feature_group_count, dtype=dtype, param_dtype=jnp.float32,
+                 feature_group_count=feature_group_count, dtype=dtype,
+                 param_dtype=at_least_float32(dtype),
                  kernel_init=conv_kernel_init if feature_group_count == 1 else depthwise_kernel_init,
                  conv_general_dilated=conv_general_dilated, name=name)
 
@@ -91,7 +92,8 @@ BN_AXES = (0, 1, 2)
 
 
 def at_least_float32(dtype):
-  """The dtype statistics and losses are computed in: float32, or float64 for float64 inputs."""
+  """The dtype of parameters, statistics and losses: float32 (also under bfloat16 / float16
+  computation), or float64 for float64 runs."""
   return jnp.promote_types(dtype, jnp.float32)
 
 
@@ -136,10 +138,10 @@ class BatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x_NHWC):
     channels = x_NHWC.shape[-1]
-    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
-    ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-    scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), at_least_float32(self.dtype))
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), at_least_float32(self.dtype))
+    scale = self.param("scale", self.scale_init, (channels,), at_least_float32(self.dtype))
+    bias = self.param("bias", nn.initializers.zeros, (channels,), at_least_float32(self.dtype))
     if self.use_running_average:
       inv = jax.lax.rsqrt(ra_var.value + self.epsilon)
       y = (x_NHWC.astype(at_least_float32(x_NHWC.dtype)) - ra_mean.value) * (inv * scale) + bias

@@ -76,7 +76,7 @@ class _V2Branch(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=True, dtype=self.dtype, param_dtype=jnp.float32)
+    conv = functools.partial(nn.Conv, use_bias=True, dtype=self.dtype, param_dtype=layers.at_least_float32(self.dtype))
     pad = layers.symmetric_padding(3, self.rate)
     atrous = dict(kernel_size=(3, 3), kernel_dilation=(self.rate, self.rate), padding=(pad, pad))
     if self.features is None:

@@ -16,7 +16,7 @@ def base_model_config() -> ml_collections.ConfigDict:
   c.backbone = "resnet101"
   c.num_classes = 21
   c.output_stride = 16
-  c.dtype = "float32"          # computation dtype; parameters stay float32
+  c.dtype = "float32"          # computation dtype; parameters float32 (float64 if float64)
   c.bn_momentum = 0.9997       # decay of the running averages (v3 §4.1)
   c.bn_epsilon = 1e-5
   c.bn_axis_name = None        # pmap axis to average BN statistics over (None under jit/mesh)

@@ -86,7 +86,7 @@ class DeepLab(nn.Module):
         remat=self.remat, name="backbone")(images_NHWC.astype(self.dtype))
     rates = aspp_lib.scale_rates(self.aspp_rates, self.output_stride, self.aspp_rates_output_stride)
     logits_conv = functools.partial(nn.Conv, self.num_classes, (1, 1), use_bias=True,
-                                    dtype=self.dtype, param_dtype=jnp.float32)
+                                    dtype=self.dtype, param_dtype=layers.at_least_float32(self.dtype))
 
     if self.head == "aspp_v2":
       logits = aspp_lib.ASPPv2(rates, self.num_classes, features=self.aspp_v2_features,

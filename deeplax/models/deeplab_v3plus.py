@@ -121,8 +121,8 @@ class DeepLabV3Plus(nn.Module):
                 name="decoder")(x, features["low_level"])
     features["decoder"] = x
     logits = nn.Conv(self.num_classes, (1, 1), use_bias=True, dtype=self.dtype,
-                     param_dtype=jnp.float32, name="logits")(x)
-    features["logits_lowres"] = logits.astype(jnp.float32)
+                     param_dtype=layers.at_least_float32(self.dtype), name="logits")(x)
+    features["logits_lowres"] = logits.astype(layers.at_least_float32(logits.dtype))
     logits_NHWC = layers.resize_bilinear(features["logits_lowres"], images_NHWC.shape[1:3],
                                          self.align_corners)
     if return_features:

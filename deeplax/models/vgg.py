@@ -143,7 +143,8 @@ class FcHead(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = layers.relu(conv(self.features, 1, name="fc7")(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
+                   param_dtype=layers.at_least_float32(self.dtype),
                    kernel_init=aspp_lib.score_kernel_init, name="fc8")(x)
 
 
@@ -184,7 +185,7 @@ class DeepLabV1(nn.Module):
       logits_lowres = aspp_lib.ASPPv2(tuple(rates), self.num_classes,
                                       features=self.fc_features, dropout_rate=self.dropout_rate,
                                       dtype=self.dtype, name="aspp")(x, train)
-    logits_lowres = logits_lowres.astype(jnp.float32)
+    logits_lowres = logits_lowres.astype(layers.at_least_float32(logits_lowres.dtype))
     logits_NHWC = layers.resize_bilinear(logits_lowres, images_NHWC.shape[1:3], self.align_corners)
     if not return_features:
       return logits_NHWC
