@@ -272,3 +272,65 @@ def test_gradients_match_finite_differences():
         return loss({"params": p}, logits)
       fd = (shifted(eps) - shifted(-eps)) / (2 * eps)
       np.testing.assert_allclose(g_vars["params"][name][idx], fd, rtol=1e-5, atol=1e-8)
+
+
+def test_public_dense_crf_under_jit_vmap_and_grad(small):
+  """dense_crf as a user calls it: jit (closure or static params), vmap, grad of the unary,
+  each equal to the eager result; shape and dtype errors also while tracing."""
+  image, unary = small
+  params = crf.CRFParams(w1=4.0, sigma_alpha=6.0, sigma_beta=5.0, w2=3.0, sigma_gamma=1.0,
+                         normalization="symmetric")
+  eager = np.asarray(crf.dense_crf(unary, image, params))
+  jitted = jax.jit(lambda u, im: crf.dense_crf(u, im, params))(unary, image)
+  np.testing.assert_allclose(np.asarray(jitted), eager, atol=1e-4)
+  static = jax.jit(crf.dense_crf, static_argnames=("params", "num_iters"))
+  np.testing.assert_allclose(np.asarray(static(unary, image, params=params, num_iters=10)), eager,
+                             atol=1e-4)
+  unary_2, image_2 = _smooth_unary(18, 24, 4, seed=9), image[::-1].copy()
+  batched = jax.vmap(lambda u, im: crf.dense_crf(u, im, params))(np.stack([unary, unary_2]),
+                                                                  np.stack([image, image_2]))
+  np.testing.assert_allclose(np.asarray(batched[0]), eager, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(batched[1]),
+                             np.asarray(crf.dense_crf(unary_2, image_2, params)), atol=1e-4)
+  target = jnp.asarray(np.random.default_rng(1).normal(size=unary.shape), jnp.float32)
+  # 3 iterations: with w1=4, w2=3 ten iterations on this 18x24 image are too ill-conditioned for
+  # float32 central differences (they swing with eps).
+  loss = lambda u: jnp.sum(crf.dense_crf(u, image, params, num_iters=3) * target)
+  grad = jax.grad(loss)(jnp.asarray(unary))
+  np.testing.assert_allclose(np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(unary))),
+                             np.asarray(grad), rtol=1e-3, atol=1e-4)
+  assert float(jnp.abs(grad).max()) > 0
+  # Directional derivative against central differences (float32: loose).
+  direction = jnp.asarray(np.random.default_rng(2).normal(size=unary.shape), jnp.float32)
+  eps = 3e-3
+  numeric = (loss(unary + eps * direction) - loss(unary - eps * direction)) / (2 * eps)
+  np.testing.assert_allclose(float(jnp.vdot(grad, direction)), float(numeric), rtol=2e-2)
+  with pytest.raises(ValueError, match="differs from unary size"):
+    jax.jit(lambda u, im: crf.dense_crf(u, im, params))(unary[:-1], image)
+  with pytest.raises(ValueError, match="uint8"):
+    jax.jit(lambda u, im: crf.dense_crf(u, im, params))(unary, image.astype(np.float32))
+
+
+def test_traced_dense_crf_reruns_an_overflowing_lattice(small):
+  """Under jit the exact-bound rerun is a lax.cond: an undersized lattice gives the right Q."""
+  image, unary = small
+  params = crf.CRFParams(w1=4.0, sigma_alpha=5.0, sigma_beta=10.0, w2=3.0, sigma_gamma=1.0)
+  _, overflow = crf.dense_crf_core(unary, image, params, capacity_factor=0.05)
+  assert bool(overflow)
+  q_ok, _ = crf.dense_crf_core(unary, image, params, capacity_factor=6.0)
+  q = jax.jit(lambda u, im: crf.dense_crf(u, im, params, capacity_factor=0.05))(unary, image)
+  np.testing.assert_allclose(np.asarray(q), np.asarray(q_ok), atol=1e-6)
+  noise = np.random.default_rng(0).integers(0, 256, (18, 24, 3)).astype(np.uint8)
+  absurd = crf.CRFParams(sigma_alpha=1e-4, sigma_beta=1e-4)
+  q = jax.jit(lambda u, im: crf.dense_crf(u, im, absurd))(unary, noise)
+  assert np.isnan(np.asarray(q)).all()
+
+
+def test_eager_checks_of_device_arrays(small):
+  image, unary = small
+  bad = unary.copy()
+  bad[2, 5, 3] = np.inf
+  with pytest.raises(ValueError, match=r"NaN/inf.*\[y, x, c\] = \(2, 5, 3\)"):
+    crf.dense_crf(jnp.asarray(bad), jnp.asarray(image))
+  with pytest.raises(ValueError, match="float array"):
+    crf.dense_crf(unary.astype(np.int32), image)

@@ -8,8 +8,8 @@ own message (j = i), the Potts term is applied as +w [K Q](i, l) (equal to the P
 v2 §3.3 up to a per-pixel constant, which the softmax removes), and the lattice is built once
 per image and reused by every iteration.
 
-`mean_field` / `dense_crf_core` are jittable and unchecked; `dense_crf` and `dense_crf_batch`
-check their inputs on the host first and raise on lattice overflow. The iterations filter in
+`mean_field` / `dense_crf_core` are jittable and unchecked; `dense_crf` (also jittable) and
+`dense_crf_batch` check their inputs first and never return an overflowed lattice's result. The iterations filter in
 reused lattice tables (a workspace carried through the loop); called eagerly, `dense_crf_core`
 also keeps the tables of the latest image size for the next call (`release_workspaces` frees
 them): XLA CPU maps its temporary memory afresh on every call, and each new page costs a fault.
@@ -251,6 +251,26 @@ def initial_workspaces(unary_HWC, image_HW3, static, capacity_factor, key_words)
   return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
 
+def keeping_tables(key, make_workspaces, run_reusing):
+  """run_reusing(workspaces) -> (*outputs, workspaces), with the tables of the latest call kept
+  for the next call of the same `key` (one set, none above 1 GiB); returns the outputs.
+
+  For eager calls on the CPU only: XLA CPU maps its temporary memory afresh on every call and
+  each new page costs a fault (BENCHMARKS.md, "Dense CRF")."""
+  workspaces = _WORKSPACE_CACHE.pop(key, None)
+  if workspaces is None:
+    _WORKSPACE_CACHE.clear()  # keep one set of tables only
+    workspaces = make_workspaces()
+  *outputs, workspaces = run_reusing(workspaces)
+  if sum(x.nbytes for x in jax.tree.leaves(workspaces)) <= _WORKSPACE_CACHE_MAX_BYTES:
+    _WORKSPACE_CACHE[key] = workspaces
+  return tuple(outputs)
+
+
+def is_traced(*xs) -> bool:
+  return any(isinstance(x, jax.core.Tracer) for x in xs)
+
+
 def dense_crf_core(unary_HWC, image_HW3, params: CRFParams, num_iters: int = 10,
                    valid_hw=None, capacity_factor: float = 2.0, return_all: bool = False,
                    key_words: int = 1):
@@ -269,69 +289,99 @@ def dense_crf_core(unary_HWC, image_HW3, params: CRFParams, num_iters: int = 10,
     valid_hw = jnp.asarray(valid_hw, jnp.int32)
   args = (_numeric(params), _static(params), int(num_iters), valid_hw, float(capacity_factor),
           bool(return_all), int(key_words))
-  if any(isinstance(x, jax.core.Tracer) for x in (unary_HWC, image_HW3, valid_hw)):
+  if is_traced(unary_HWC, image_HW3, valid_hw):
     return _core(unary_HWC, image_HW3, *args)
   unary_HWC, image_HW3 = jnp.asarray(unary_HWC), jnp.asarray(image_HW3)
   if _platform(unary_HWC) != "cpu":
     return _core(unary_HWC, image_HW3, *args)
   key = (unary_HWC.shape, image_HW3.shape, args[1], args[4], args[6])
-  workspaces = _WORKSPACE_CACHE.pop(key, None)
-  if workspaces is None:
-    _WORKSPACE_CACHE.clear()  # keep one set of tables only
-    workspaces = initial_workspaces(unary_HWC, image_HW3, args[1], args[4], args[6])
-  q, overflow, workspaces = _core_reusing(unary_HWC, image_HW3, *args, workspaces=workspaces)
-  if sum(x.nbytes for x in jax.tree.leaves(workspaces)) <= _WORKSPACE_CACHE_MAX_BYTES:
-    _WORKSPACE_CACHE[key] = workspaces
-  return q, overflow
+  return keeping_tables(
+      key, lambda: initial_workspaces(unary_HWC, image_HW3, args[1], args[4], args[6]),
+      lambda ws: _core_reusing(unary_HWC, image_HW3, *args, workspaces=ws))
+
+
+def check_finite(name: str, array, index_names: str):
+  """Raises ValueError naming the first NaN/inf of a concrete array (tracers: nothing to do)."""
+  if is_traced(array):
+    return
+  if isinstance(array, jax.Array):  # counted where it lives; copied to the host only to report
+    if bool(jnp.isfinite(array).all()):
+      return
+    array = np.asarray(array)
+  bad = ~np.isfinite(array)
+  if bad.any():
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{name} has {int(bad.sum())} NaN/inf values (first at {index_names} = "
+                     f"{first}); pass -log(softmax) of finite scores")
+
+
+def _as_checkable(x):
+  return x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
 
 
 def check_inputs(unary_HWC, image_HW3, params: CRFParams, num_iters: int, valid_hw=None):
-  """Host-side checks with clear messages (shapes, dtype, NaN/inf, sigmas, iterations)."""
+  """Checks with clear messages: shapes, dtypes, sigmas and iterations always (also while
+  tracing under jit / vmap / grad), NaN/inf unaries only on concrete arrays."""
   params.validate()
-  unary = np.asarray(unary_HWC)
-  image = np.asarray(image_HW3)
+  unary, image = _as_checkable(unary_HWC), _as_checkable(image_HW3)
   if unary.ndim != 3:
     raise ValueError(f"unary must be [H, W, C] negative log-probabilities; got shape {unary.shape}")
+  if not jnp.issubdtype(unary.dtype, jnp.floating):
+    raise ValueError(f"unary must be a float array (-log P); got dtype {unary.dtype}")
   if unary.shape[-1] < 2:
     raise ValueError(f"unary needs at least 2 classes (channels); got {unary.shape[-1]}")
   if image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f"image must be [H, W, 3] RGB; got shape {image.shape}")
   if image.dtype != np.uint8:
     raise ValueError(f"image must be uint8 RGB (0..255); got dtype {image.dtype}")
-  if image.shape[:2] != unary.shape[:2]:
-    raise ValueError(f"image size {image.shape[:2]} differs from unary size {unary.shape[:2]}; "
-                     "resize the scores to the image first (v2 §3: bilinear upsampling)")
+  if tuple(image.shape[:2]) != tuple(unary.shape[:2]):
+    raise ValueError(f"image size {tuple(image.shape[:2])} differs from unary size "
+                     f"{tuple(unary.shape[:2])}; resize the scores to the image first (v2 §3: "
+                     "bilinear upsampling)")
   if int(num_iters) < 0 or int(num_iters) != num_iters:
     raise ValueError(f"num_iters must be an integer >= 0; got {num_iters}")
   region = unary
   if valid_hw is not None:
     vh, vw = (int(v) for v in valid_hw)
     if not (0 < vh <= unary.shape[0] and 0 < vw <= unary.shape[1]):
-      raise ValueError(f"valid size {(vh, vw)} outside the padded size {unary.shape[:2]}")
+      raise ValueError(f"valid size {(vh, vw)} outside the padded size {tuple(unary.shape[:2])}")
     region = unary[:vh, :vw]
-  bad = ~np.isfinite(region)
-  if bad.any():
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f"unary has {int(bad.sum())} NaN/inf values (first at [y, x, c] = {first}); "
-                     "pass -log(softmax) of finite scores")
+  check_finite("unary", region, "[y, x, c]")
 
 
 def dense_crf(unary_HWC, image_HW3, params: Optional[CRFParams] = None, num_iters: int = 10,
               capacity_factor: float = 2.0):
   """Marginals Q float32 [H, W, C] of the dense CRF (v2 §3.3) for one image, checked.
 
-  unary_HWC: float32 negative log-probabilities -log P (v2 §3.3); image_HW3: uint8 RGB.
+  unary_HWC: float negative log-probabilities -log P (v2 §3.3); image_HW3: uint8 RGB.
+  Jittable, vmappable and differentiable in the unary: `jax.jit(lambda u, im: dense_crf(u, im,
+  params))`, or `jax.jit(dense_crf, static_argnames=("params", "num_iters"))`. Shapes, dtypes
+  and parameters are checked when traced, NaN/inf unaries when the unary is concrete.
   The lattices hold `capacity_factor` x H W points with keys packed in one uint32; if one
   overflows (more points, or keys beyond 32 bits: large images with small σ, e.g. 1024x2048
   at σβ=3), the CRF is rerun with the exact bound ((d+1) H W points) and two-word keys, so the
-  result is never silently wrong. Raises ValueError on bad input and RuntimeError if the keys
-  do not fit even 2 x 32 bits (absurdly small σ).
+  result is never silently wrong: eagerly by a second call, traced by a `lax.cond` (under
+  `vmap` both branches run: `dense_crf_batch` is the faster batched path). Raises ValueError on
+  bad input and RuntimeError if the keys do not fit even 2 x 32 bits (absurdly small σ); traced,
+  that case returns NaN marginals instead.
   """
   params = CRFParams.deeplab_v2_resnet101_voc() if params is None else params
   check_inputs(unary_HWC, image_HW3, params, num_iters)
-  return _run_checked(lambda f, k: dense_crf_core(unary_HWC, image_HW3, params, num_iters,
-                                                  capacity_factor=f, key_words=k),
-                      capacity_factor, params)
+  run = lambda f, k: dense_crf_core(unary_HWC, image_HW3, params, num_iters, capacity_factor=f,
+                                    key_words=k)
+  if is_traced(unary_HWC, image_HW3):
+    return _rerun_on_overflow(run, capacity_factor)
+  return _run_checked(run, capacity_factor, params)
+
+
+def _rerun_on_overflow(run, capacity_factor):
+  q, overflow = run(capacity_factor, 1)
+
+  def exact(_):
+    q_exact, overflow_exact = run(6.0, 2)
+    return jnp.where(overflow_exact, jnp.nan, q_exact)
+
+  return jax.lax.cond(jnp.any(overflow), exact, lambda _: q, None)
 
 
 def _run_checked(run, capacity_factor, params):
