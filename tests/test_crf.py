@@ -115,9 +115,11 @@ def test_dense_crf_core_reuses_tables_of_the_last_size(small):
   np.testing.assert_allclose(np.asarray(q_reused), np.asarray(q_fresh), atol=1e-6)
   q_traced, _ = jax.jit(lambda u, i: crf.dense_crf_core(u, i, params))(unary, image)
   np.testing.assert_allclose(np.asarray(q_traced), np.asarray(q_fresh), atol=1e-4)  # jittable
+  (before,) = inference._WORKSPACE_CACHE.values()
   other = _photo(12, 16)
   crf.dense_crf_core(_smooth_unary(12, 16, 4), other, params)
-  assert [k[0] for k in inference._WORKSPACE_CACHE] == [(12, 16, 4)]
+  (after,) = inference._WORKSPACE_CACHE.values()
+  assert jax.tree.leaves(after)[0].shape[0] < jax.tree.leaves(before)[0].shape[0]
   crf.release_workspaces()
   assert not inference._WORKSPACE_CACHE
 

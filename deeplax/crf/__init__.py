@@ -2,7 +2,8 @@
 
 dense_crf / dense_crf_batch: checked marginals; dense_crf_core / dense_crf_batch_core: unchecked,
 jittable; DenseCRF: end-to-end (CRF-as-RNN) flax layer; python -m deeplax.crf.search: v2 §4.1
-cross-validation of w1, σα, σβ; dense_crf_exact: the O(N^2) reference.
+cross-validation of w1, σα, σβ; dense_crf_exact: the O(N^2) reference; deeplax.crf.densecrf and
+deeplax.crf.utils: pydensecrf's API (change the two imports).
 """
 
 from deeplax.crf.params import CRFParams, NORMALIZATIONS, PRESETS

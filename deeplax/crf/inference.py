@@ -227,7 +227,7 @@ def _core(unary_HWC, image_HW3, numeric, static, num_iters, valid_hw, capacity_f
 # The same with the lattice tables passed in and returned (donated): calls on images of one size
 # reuse them instead of allocating, zeroing and page-faulting ~200 MB each time (VOC size).
 _core_reusing = jax.jit(_core_impl, static_argnames=_STATIC, donate_argnames=("workspaces",))
-_WORKSPACE_CACHE = {}  # the latest call's tables: {call signature: workspaces}
+_WORKSPACE_CACHE = {}  # the latest call's tables: {their shapes: workspaces}
 _WORKSPACE_CACHE_MAX_BYTES = 1 << 30  # larger sets (e.g. 2048x1024 images) are not kept
 
 
@@ -240,30 +240,48 @@ def release_workspaces():
   _WORKSPACE_CACHE.clear()
 
 
-def initial_workspaces(unary_HWC, image_HW3, static, capacity_factor, key_words):
-  """Zero lattice tables for `_core_reusing` on inputs of these shapes."""
+def workspace_shapes(unary_HWC, image_HW3, static, capacity_factor, key_words):
+  """Shapes and dtypes of the lattice tables `_core_reusing` takes for inputs of these shapes."""
   def init(unary, image):
     h, w, c = unary.shape
     kernels = build_kernels(image, 1.0, 1.0, 1.0, 0, static, None, capacity_factor,
                             key_words)[:2]
     return tuple(_prepared_filter(kernel, (h, w), c)[1] for kernel in kernels)
-  shapes = jax.eval_shape(init, unary_HWC, image_HW3)
+  return jax.eval_shape(init, unary_HWC, image_HW3)
+
+
+def initial_workspaces(unary_HWC, image_HW3, static, capacity_factor, key_words):
+  """Zero lattice tables for `_core_reusing` on inputs of these shapes."""
+  shapes = workspace_shapes(unary_HWC, image_HW3, static, capacity_factor, key_words)
   return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
 
-def keeping_tables(key, make_workspaces, run_reusing):
+_TABLE_SHAPES = {}  # call signature -> the shapes of its tables (small; computed once)
+
+
+def keeping_tables(key, table_shapes, run_reusing):
   """run_reusing(workspaces) -> (*outputs, workspaces), with the tables of the latest call kept
-  for the next call of the same `key` (one set, none above 1 GiB); returns the outputs.
+  for the next call that needs tables of the same shapes (one set, none above 1 GiB; any
+  caller: `dense_crf_core`, `densecrf.DenseCRF`), zero tables otherwise; returns the outputs.
+  `table_shapes()`: the tables' jax.ShapeDtypeStructs, asked once per `key`.
 
   For eager calls on the CPU only: XLA CPU maps its temporary memory afresh on every call and
-  each new page costs a fault (BENCHMARKS.md, "Dense CRF")."""
-  workspaces = _WORKSPACE_CACHE.pop(key, None)
+  each new page costs a fault (BENCHMARKS.md, "Dense CRF"). Reused tables give the results of
+  fresh ones: the filter reads only rows it has written (tests/test_crf.py)."""
+  shapes = _TABLE_SHAPES.get(key)
+  if shapes is None:
+    if len(_TABLE_SHAPES) > 64:
+      _TABLE_SHAPES.clear()
+    shapes = _TABLE_SHAPES[key] = table_shapes()
+  signature = (jax.tree.structure(shapes),
+               tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(shapes)))
+  workspaces = _WORKSPACE_CACHE.pop(signature, None)
   if workspaces is None:
     _WORKSPACE_CACHE.clear()  # keep one set of tables only
-    workspaces = make_workspaces()
+    workspaces = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
   *outputs, workspaces = run_reusing(workspaces)
   if sum(x.nbytes for x in jax.tree.leaves(workspaces)) <= _WORKSPACE_CACHE_MAX_BYTES:
-    _WORKSPACE_CACHE[key] = workspaces
+    _WORKSPACE_CACHE[signature] = workspaces
   return tuple(outputs)
 
 
@@ -296,7 +314,7 @@ def dense_crf_core(unary_HWC, image_HW3, params: CRFParams, num_iters: int = 10,
     return _core(unary_HWC, image_HW3, *args)
   key = (unary_HWC.shape, image_HW3.shape, args[1], args[4], args[6])
   return keeping_tables(
-      key, lambda: initial_workspaces(unary_HWC, image_HW3, args[1], args[4], args[6]),
+      key, lambda: workspace_shapes(unary_HWC, image_HW3, args[1], args[4], args[6]),
       lambda ws: _core_reusing(unary_HWC, image_HW3, *args, workspaces=ws))
 
 
