@@ -307,6 +307,11 @@ def test_public_dense_crf_under_jit_vmap_and_grad(small):
   eps = 3e-3
   numeric = (loss(unary + eps * direction) - loss(unary - eps * direction)) / (2 * eps)
   np.testing.assert_allclose(float(jnp.vdot(grad, direction)), float(numeric), rtol=2e-2)
+  np.testing.assert_allclose(np.asarray(jax.jit(crf.dense_crf)(unary, image)),
+                             np.asarray(crf.dense_crf(unary, image)), atol=1e-4)  # the preset
+  closed_over = jnp.asarray(unary)  # a concrete jax array inside the trace
+  np.testing.assert_allclose(np.asarray(jax.jit(lambda im: crf.dense_crf(closed_over, im, params))(
+      image)), eager, atol=1e-4)
   with pytest.raises(ValueError, match="differs from unary size"):
     jax.jit(lambda u, im: crf.dense_crf(u, im, params))(unary[:-1], image)
   with pytest.raises(ValueError, match="uint8"):

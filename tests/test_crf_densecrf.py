@@ -1,4 +1,5 @@
-"""deeplax.crf.densecrf / deeplax.crf.utils against pydensecrf2 as its users call it."""
+"""deeplax.crf.densecrf / deeplax.crf.utils: as pydensecrf's users call them, against pydensecrf2
+where it is installed (the API's own checks run without it)."""
 
 import jax
 import numpy as np
@@ -6,14 +7,21 @@ import pytest
 
 import deeplax.crf.densecrf as dcrf
 import deeplax.crf.utils as utils
-from test_crf_pydensecrf import C, H, W, cluster_unary, voc_photo
 
-pdcrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 (pip install pydensecrf2)")
-putils = pytest.importorskip("pydensecrf.utils")
+try:
+  import pydensecrf.densecrf as pdcrf
+  import pydensecrf.utils as putils
+except ImportError:
+  pdcrf = putils = None
+needs_pydensecrf = pytest.mark.skipif(pdcrf is None,
+                                      reason="pydensecrf2 (pip install pydensecrf2)")
+
+H, W, C = 375, 500, 21
 
 
 @pytest.fixture(scope="module")
 def photo():
+  from test_crf_pydensecrf import cluster_unary, voc_photo  # skips without pydensecrf
   image = voc_photo("astronaut")
   probs = np.ascontiguousarray(np.exp(-cluster_unary(image, seed=3)).transpose(2, 0, 1))
   return image, probs
@@ -28,11 +36,13 @@ def _post_process(mod, ut, image, probs, steps=5):
   return np.asarray(d.inference(steps)), d
 
 
+@needs_pydensecrf
 def test_deeplab_post_processing_matches_pydensecrf(photo):
   image, probs = photo
   q, d = _post_process(dcrf, utils, image, probs)
   q_ref, _ = _post_process(pdcrf, putils, image, probs)
   assert q.shape == (C, H * W) and q.dtype == np.float32 and q.flags.f_contiguous
+  assert q.flags.writeable
   agree = (q.argmax(0) == q_ref.argmax(0)).mean()
   assert agree >= 0.995, agree
   assert (q.argmax(0) != probs.reshape(C, -1).argmax(0)).mean() > 0.02  # the CRF did work
@@ -40,6 +50,7 @@ def test_deeplab_post_processing_matches_pydensecrf(photo):
   np.testing.assert_array_equal(d.map(5), q.argmax(0))
 
 
+@needs_pydensecrf
 def test_labels_tutorial_general_crf_and_steps_match_pydensecrf(photo):
   """unary_from_labels, DenseCRF with a 3-D grayscale bilateral and a vector and a matrix compat,
   step-wise inference with klDivergence, as pydensecrf's inference notebook does."""
@@ -72,6 +83,7 @@ def test_labels_tutorial_general_crf_and_steps_match_pydensecrf(photo):
   assert kl[-1] < kl[0]
 
 
+@needs_pydensecrf
 def test_utils_equal_pydensecrf_utils(photo):
   image, probs = photo
   for args in (((3, 4), (H, W)), ((1, 2, 3), (4, 5, 6))):
@@ -89,23 +101,36 @@ def test_utils_equal_pydensecrf_utils(photo):
   for zero_unsure in (True, False):
     np.testing.assert_array_equal(utils.unary_from_labels(labels, 5, 0.6, zero_unsure),
                                   putils.unary_from_labels(labels, 5, 0.6, zero_unsure))
+  # uint8 label PNGs (label 0 = unsure): pydensecrf's labels - 1 wraps to 255 there.
+  np.testing.assert_array_equal(utils.unary_from_labels(labels.astype(np.uint8), 4, 0.6),
+                                putils.unary_from_labels(labels, 4, 0.6))
 
 
 def test_constants_and_errors():
-  assert (dcrf.CONST_KERNEL, dcrf.DIAG_KERNEL, dcrf.FULL_KERNEL) == (
-      int(pdcrf.CONST_KERNEL), int(pdcrf.DIAG_KERNEL), int(pdcrf.FULL_KERNEL))
+  """pydensecrf's values of the constants (KernelType, NormalizationType) and its messages."""
+  assert (dcrf.CONST_KERNEL, dcrf.DIAG_KERNEL, dcrf.FULL_KERNEL) == (0, 1, 2)
   assert (dcrf.NO_NORMALIZATION, dcrf.NORMALIZE_BEFORE, dcrf.NORMALIZE_AFTER,
-          dcrf.NORMALIZE_SYMMETRIC) == (int(pdcrf.NO_NORMALIZATION), int(pdcrf.NORMALIZE_BEFORE),
-                                        int(pdcrf.NORMALIZE_AFTER), int(pdcrf.NORMALIZE_SYMMETRIC))
+          dcrf.NORMALIZE_SYMMETRIC) == (0, 1, 2, 3)
+  if pdcrf is not None:
+    assert [int(getattr(pdcrf, n)) for n in ("CONST_KERNEL", "DIAG_KERNEL", "FULL_KERNEL",
+                                             "NO_NORMALIZATION", "NORMALIZE_BEFORE",
+                                             "NORMALIZE_AFTER", "NORMALIZE_SYMMETRIC")] == [
+        0, 1, 2, 0, 1, 2, 3]
   d = dcrf.DenseCRF2D(4, 3, 2)
-  with pytest.raises(ValueError, match="expected 'float' but got float64"):
+  with pytest.raises(ValueError, match="expected 'float' but got 'double'"):
     d.setUnaryEnergy(np.zeros((2, 12)))
   with pytest.raises(ValueError, match=r"Bad shape for unary energy \(Need \(2, 12\)"):
     d.setUnaryEnergy(np.zeros((12, 2), np.float32))
   bad = np.zeros((2, 12), np.float32)
   bad[1, 5] = np.nan
-  with pytest.raises(ValueError, match=r"unary has NaN/inf values \(first at index \(1, 5\)\)"):
+  with pytest.raises(ValueError, match=r"unary has NaN/-inf values \(first at index \(1, 5\)\)"):
     d.setUnaryEnergy(bad)
+  bad[1, 5] = np.inf  # P = 0 for one label: allowed
+  d.setUnaryEnergy(bad)
+  bad[0, 5] = np.inf
+  with pytest.raises(ValueError, match="every label has probability 0"):
+    d.setUnaryEnergy(bad)
+  d = dcrf.DenseCRF2D(4, 3, 2)
   with pytest.raises(ValueError, match="no unary energy"):
     d.inference(1)
   with pytest.raises(ValueError, match="Bad shape for pairwise bilateral"):
@@ -135,6 +160,7 @@ def test_constants_and_errors():
   np.testing.assert_allclose(q, 0.5, atol=1e-6)  # equal unaries, Potts: stays uniform
 
 
+@needs_pydensecrf
 def test_overflowing_lattice_is_rerun_and_no_pairwise_term_is_the_unary():
   """A noise image at σ = 1 needs more lattice points than the first capacity (2 N): the result
   is pydensecrf's all the same (one call and step-wise); with no pairwise term Q = softmax(-U)."""
@@ -162,34 +188,72 @@ def test_overflowing_lattice_is_rerun_and_no_pairwise_term_is_the_unary():
 
 
 def test_dense_crf_and_densecrf_share_the_kept_tables():
-  """Alternating the two APIs on one image size keeps one set of tables (not a new one per call),
-  and each result is the one of fresh tables."""
+  """Alternating the two APIs on one image size reuses one set of tables (each call donates the
+  previous caller's set), and results after a noise image (many lattice points, tables larger
+  than one chunk) are those of fresh tables."""
   from deeplax import crf
   from deeplax.crf import inference
-  h, w, c = 24, 32, 4
+  h, w, c = 72, 96, 4  # 2 N = 13824 rows: more than one 8192-point chunk
   rng = np.random.default_rng(1)
-  image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+  # ~8400 bilateral lattice points (more than one chunk, fewer than 2 N: no rerun)
+  noise = rng.integers(0, 80, (h, w, 3)).astype(np.uint8)
+  image = np.repeat(np.repeat(rng.integers(0, 256, (6, 8, 3)), 12, 0), 12, 1).astype(np.uint8)
   probs = rng.dirichlet(np.ones(c), h * w).T.astype(np.float32)
   unary = utils.unary_from_softmax(probs)
-  params = crf.CRFParams(w1=10.0, sigma_alpha=80.0, sigma_beta=13.0, w2=3.0, sigma_gamma=3.0,
+  params = crf.CRFParams(w1=10.0, sigma_alpha=20.0, sigma_beta=13.0, w2=3.0, sigma_gamma=3.0,
                          normalization="symmetric", spatial_filter="lattice")
 
-  def api():
+  def api(rgb):
     d = dcrf.DenseCRF2D(w, h, c)
     d.setUnaryEnergy(unary)
-    d.addPairwiseBilateral(sxy=80, srgb=13, rgbim=image, compat=10)
+    d.addPairwiseBilateral(sxy=20, srgb=13, rgbim=rgb, compat=10)
     d.addPairwiseGaussian(sxy=3, compat=3)
     return d.inference(5)
 
   crf.release_workspaces()
-  first = api()
-  (kept_api,) = inference._WORKSPACE_CACHE.values()
-  q_first = np.asarray(crf.dense_crf(unary.T.reshape(h, w, c), image, params, num_iters=5))
-  (kept,) = inference._WORKSPACE_CACHE.values()
-  assert [x.shape for x in jax.tree.leaves(kept)] == [x.shape for x in jax.tree.leaves(kept_api)]
-  again = api()
-  assert len(inference._WORKSPACE_CACHE) == 1
-  assert jax.tree.leaves(inference._WORKSPACE_CACHE)[0].shape == jax.tree.leaves(kept)[0].shape
-  np.testing.assert_array_equal(again, first)
-  np.testing.assert_allclose(first.T.reshape(h, w, c), q_first, atol=1e-4)
+  fresh = api(image)
   crf.release_workspaces()
+  api(noise)
+  (kept_api,) = inference._WORKSPACE_CACHE.values()
+  q = np.asarray(crf.dense_crf(unary.T.reshape(h, w, c), image, params, num_iters=5))
+  assert all(x.is_deleted() for x in jax.tree.leaves(kept_api))  # donated: the same set
+  (kept,) = inference._WORKSPACE_CACHE.values()
+  again = api(image)
+  assert all(x.is_deleted() for x in jax.tree.leaves(kept))
+  assert len(inference._WORKSPACE_CACHE) == 1
+  np.testing.assert_allclose(again, fresh, atol=1e-6)
+  np.testing.assert_allclose(fresh.T.reshape(h, w, c), q, atol=1e-4)
+  crf.release_workspaces()
+
+
+@needs_pydensecrf
+def test_anisotropic_kernels_other_codes_and_a_new_unary_match_pydensecrf():
+  """sxy = (sx, sy) on a non-square image, CONST_KERNEL and NO_NORMALIZATION, step-wise inference
+  after setUnaryEnergy replaced the unary, and stepInference on inference's own result."""
+  h, w, c = 40, 64, 3
+  rng = np.random.default_rng(4)
+  image = np.repeat(np.repeat(rng.integers(0, 256, (5, 8, 3)), 8, 0), 8, 1).astype(np.uint8)
+  first = np.ascontiguousarray(putils.unary_from_softmax(rng.dirichlet(np.ones(c), h * w).T))
+  second = np.ascontiguousarray(putils.unary_from_softmax(rng.dirichlet(np.ones(c), h * w).T))
+  runs = []
+  for mod in (dcrf, pdcrf):
+    d = mod.DenseCRF2D(w, h, c)
+    d.setUnaryEnergy(first)
+    d.addPairwiseGaussian(sxy=(2, 9), compat=2, kernel=mod.CONST_KERNEL,
+                          normalization=mod.NO_NORMALIZATION)
+    d.addPairwiseBilateral(sxy=(15, 4), srgb=(10, 20, 30), rgbim=image, compat=4)
+    q_first = np.asarray(d.inference(3)).copy()
+    q, t1, t2 = d.startInference()
+    d.stepInference(q, t1, t2)
+    d.setUnaryEnergy(second)
+    d.stepInference(q, t1, t2)
+    q_inf = d.inference(2)
+    d.stepInference(q_inf, t1, t2)
+    runs.append((q_first, np.asarray(q).copy(), np.asarray(q_inf).copy()))
+  for ours, ref in zip(*runs):
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
+  swapped = dcrf.DenseCRF2D(w, h, c)
+  swapped.setUnaryEnergy(first)
+  swapped.addPairwiseGaussian(sxy=(9, 2), compat=2, normalization=dcrf.NO_NORMALIZATION)
+  swapped.addPairwiseBilateral(sxy=(4, 15), srgb=(10, 20, 30), rgbim=image, compat=4)
+  assert np.abs(swapped.inference(3) - runs[1][0]).max() > 1e-2  # the test sees sx vs sy

@@ -15,19 +15,22 @@ compat: a number (Potts: message += w K Q), a float32 vector [C] (per label: mes
 [K Q]_l) or a float32 matrix [C, C] (symmetrised (M + M^T) / 2: message -= M [K Q]); the kernel
 constants only parametrise Krähenbühl's kernel learning and give the same inference.
 
-Where pydensecrf raises (wrong dtype or shape) the errors say the same, as ValueError. Where it
+Where pydensecrf raises (wrong dtype or shape) the messages are its own ("Buffer dtype mismatch,
+expected 'float' but got 'double'", "Bad shape for unary energy ..."), as ValueError. Where it
 silently accepts bad input, this module raises: kernel / normalisation codes outside the
-constants, NaN/inf unaries, features or compat, labels out of range in `utils.unary_from_labels`;
+constants, NaN or -inf unaries (+inf, P = 0, is allowed unless every label of a pixel has it),
+NaN/inf features or compat, labels out of range in `utils.unary_from_labels`;
 the Q given to `stepInference` / `klDivergence` is checked for its shape. Non-contiguous arrays
 are accepted (pydensecrf: "ndarray is not C-contiguous"); learned unaries
-(`setUnaryEnergy(unary, feature)`) are not supported. Lattices hold min(2, d + 1) N points, and
+(`setUnaryEnergy(unary, feature)`), `setUnary` and pydensecrf's deprecated `utils.compute_unary` /
+`softmax_to_unary` are not provided; `map(n)` is a deeplax addition. Lattices hold min(2, d + 1) N points, and
 an overflowing one is rebuilt at the exact bound (d + 1) N, so no result comes from an overflowed
 lattice. On the CPU `inference` keeps the lattice tables of the latest size for the next call,
 as `dense_crf` does (BENCHMARKS.md, "Dense CRF").
 """
 
 import functools
-from numbers import Number
+from numbers import Number, Real
 
 import jax
 import jax.numpy as jnp
@@ -46,14 +49,13 @@ def _compat(compat, n_labels):
   """compat -> (kind, value): ("potts", -w) or ("matrix", M float32 [C, C]) with compat(x) =
   -w x or x @ M.T on [N, C] values (Krähenbühl's LabelCompatibility::apply; message -=
   compat(K Q))."""
-  if isinstance(compat, Number) and not isinstance(compat, bool):
+  if isinstance(compat, Real):
     return "potts", np.float32(-float(compat))
   if not isinstance(compat, np.ndarray):
     raise ValueError(f"compat must be a number, or a float32 numpy array [n_labels] or "
                      f"[n_labels, n_labels] as pydensecrf takes; got {type(compat).__name__}")
   if compat.dtype != np.float32:
-    raise ValueError(f"Buffer dtype mismatch, expected 'float' but got {compat.dtype} (compat "
-                     "arrays are float32)")
+    raise _dtype_error("float", compat, "compat arrays are float32")
   if compat.ndim > 2:
     raise ValueError("LabelCompatibility of dimension >2 not meaningful.")
   if compat.shape not in ((n_labels,), (n_labels, n_labels)):
@@ -67,6 +69,30 @@ def _compat(compat, n_labels):
 
 def _apply_compat(kind, value, filtered_NC):
   return value * filtered_NC if kind == "potts" else filtered_NC @ value.T
+
+
+_C_NAMES = {"float64": "double", "float32": "float", "float16": "half", "uint8": "unsigned char",
+            "int8": "signed char", "int16": "short", "int32": "int", "int64": "long",
+            "uint16": "unsigned short", "uint32": "unsigned int", "uint64": "unsigned long"}
+
+
+def _dtype_error(expected, array, what):
+  dtype = getattr(array, "dtype", None)
+  got = _C_NAMES.get(str(dtype), str(dtype)) if dtype is not None else type(array).__name__
+  return ValueError(f"Buffer dtype mismatch, expected '{expected}' but got '{got}' ({what})")
+
+
+def _check_unary(unary_CN):
+  """NaN and -inf are errors; +inf (P = 0, as unary_from_softmax(clip=None) gives) is allowed
+  unless it covers every label of a pixel."""
+  bad = np.isnan(unary_CN) | (unary_CN == -np.inf)
+  if bad.any():
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"unary has NaN/-inf values (first at index {first})")
+  impossible = np.isposinf(unary_CN).all(0)
+  if impossible.any():
+    raise ValueError(f"unary is +inf for every label at {int(impossible.sum())} pixels (first: "
+                     f"{int(np.argmax(impossible))}): every label has probability 0 there")
 
 
 def _check_finite(name, array):
@@ -155,6 +181,7 @@ class DenseCRF:
     self._unary_NC = None
     self._terms = []  # (features [D, N], normalisation code, compat kind, compat value)
     self._kernels = None  # built by the first stepInference / klDivergence
+    self._unary_device = None
 
   def setUnaryEnergy(self, unary, feature=None):
     """unary: float32 [n_labels, n_pixels], -log P of each label."""
@@ -162,23 +189,20 @@ class DenseCRF:
       raise ValueError("learned unaries (setUnaryEnergy(unary, feature)) are not supported: pass "
                        "the energies as a float32 [n_labels, n_pixels] array")
     if not isinstance(unary, np.ndarray) or unary.dtype != np.float32:
-      raise ValueError("Buffer dtype mismatch, expected 'float' but got "
-                       f"{getattr(unary, 'dtype', type(unary).__name__)} (unary energies are "
-                       "float32 [n_labels, n_pixels])")
+      raise _dtype_error("float", unary, "unary energies are float32 [n_labels, n_pixels]")
     if unary.shape != (self._c, self._n):
       raise ValueError(f"Bad shape for unary energy (Need ({self._c}, {self._n}), got "
                        f"{unary.shape})")
-    _check_finite("unary", unary)
+    _check_unary(unary)
     self._unary_NC = np.array(unary.T, np.float32)
+    self._unary_device = None
 
   def addPairwiseEnergy(self, features, compat, kernel=DIAG_KERNEL,
                         normalization=NORMALIZE_SYMMETRIC):
     """A Gaussian kernel exp(-|f_i - f_j|^2 / 2) on features float32 [D, n_pixels] (already
     divided by their standard deviations), any D >= 1."""
     if not isinstance(features, np.ndarray) or features.dtype != np.float32:
-      raise ValueError("Buffer dtype mismatch, expected 'float' but got "
-                       f"{getattr(features, 'dtype', type(features).__name__)} (features are "
-                       "float32 [D, n_pixels])")
+      raise _dtype_error("float", features, "features are float32 [D, n_pixels]")
     if features.ndim != 2 or features.shape[1] != self._n or features.shape[0] < 1:
       raise ValueError(f"Bad shape for pairwise energy (Need (?, {self._n}), got "
                        f"{features.shape})")
@@ -193,8 +217,10 @@ class DenseCRF:
     if self._unary_NC is None:
       raise ValueError("no unary energy: call setUnaryEnergy first")
     features, codes, kinds, compats = zip(*self._terms) if self._terms else ((),) * 4
+    if self._unary_device is None:
+      self._unary_device = jnp.asarray(self._unary_NC)
     return (tuple(jnp.asarray(f) for f in features), tuple(jnp.int32(c) for c in codes),
-            kinds, tuple(jnp.asarray(v) for v in compats), jnp.asarray(self._unary_NC))
+            kinds, tuple(jnp.asarray(v) for v in compats), self._unary_device)
 
   def _capacities(self, exact):
     """min(2, d + 1) N lattice points per term, or the exact bound (d + 1) N."""
@@ -205,7 +231,7 @@ class DenseCRF:
     features, codes, kinds, compats, unary = self._arguments()
     capacities, key_words = self._capacities(exact), 2 if exact else 1
     args = (features, codes, kinds, compats, unary, num_iters, capacities, key_words)
-    if inference_lib._platform(unary) != "cpu":
+    if inference_lib._platform(unary) != "cpu" or not features:
       return _infer(*args)[:2]
 
     def tables():
@@ -218,15 +244,16 @@ class DenseCRF:
                                         lambda ws: _infer_reusing(*args, workspaces=ws))
 
   def _ready(self):
-    """(kernels, kinds, compats, unary) for step-wise inference, built once."""
+    """(kernels, kinds, compats, unary) for step-wise inference; the kernels built once (until
+    a pairwise term is added), the unary the latest one set."""
+    features, codes, kinds, compats, unary = self._arguments()
     if self._kernels is None:
-      features, codes, kinds, compats, unary = self._arguments()
       kernels, overflow = _build(features, codes, self._capacities(False), 1)
       if bool(overflow):
         kernels, overflow = _build(features, codes, self._capacities(True), 2)
         _raise_if(overflow)
-      self._kernels = (kernels, kinds, compats, unary)
-    return self._kernels
+      self._kernels = kernels
+    return self._kernels, kinds, compats, unary
 
   def _as_q(self, Q):
     q = np.asarray(Q)
@@ -242,10 +269,11 @@ class DenseCRF:
     if bool(overflow):
       q, overflow = self._run(int(n_iterations), exact=True)
       _raise_if(overflow)
-    return np.asarray(q).T  # [C, N] view of the [N, C] buffer (F-contiguous, as pydensecrf's)
+    return np.array(q).T  # writable [C, N] view of an [N, C] copy (F-contiguous, as pydensecrf's)
 
   def map(self, n_iterations=5):
-    """Most probable label per pixel, int [n_pixels], after `n_iterations` updates."""
+    """Most probable label per pixel, int [n_pixels], after `n_iterations` updates (a deeplax
+    addition: pydensecrf2 has no `map`; np.argmax(d.inference(n), 0) there)."""
     return np.argmax(self.inference(n_iterations), axis=0)
 
   def startInference(self):
@@ -300,9 +328,7 @@ class DenseCRF2D(DenseCRF):
     """The appearance kernel exp(-|p_i - p_j|^2 / 2 sxy^2 - |I_i - I_j|^2 / 2 srgb^2) on a
     uint8 RGB image [height, width, 3]; srgb a number or one per channel."""
     if not isinstance(rgbim, np.ndarray) or rgbim.dtype != np.uint8:
-      raise ValueError("Buffer dtype mismatch, expected 'unsigned char' but got "
-                       f"{getattr(rgbim, 'dtype', type(rgbim).__name__)} (rgbim is a uint8 "
-                       "RGB image)")
+      raise _dtype_error("unsigned char", rgbim, "rgbim is a uint8 RGB image")
     if rgbim.shape[:2] != (self._h, self._w):
       raise ValueError(f"Bad shape for pairwise bilateral (Need ({self._h}, {self._w}, 3), got "
                        f"{rgbim.shape})")

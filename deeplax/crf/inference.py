@@ -323,8 +323,9 @@ def check_finite(name: str, array, index_names: str):
   if is_traced(array):
     return
   if isinstance(array, jax.Array):  # counted where it lives; copied to the host only to report
-    if bool(jnp.isfinite(array).all()):
-      return
+    with jax.ensure_compile_time_eval():  # also a concrete array closed over inside a jit
+      if bool(jnp.isfinite(array).all()):
+        return
     array = np.asarray(array)
   bad = ~np.isfinite(array)
   if bad.any():

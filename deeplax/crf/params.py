@@ -3,7 +3,7 @@
 import dataclasses
 
 # Kernel normalisations of Krähenbühl's second code (pydensecrf's NormalizationType). With K the
-# Gaussian filter and k = K 1: "none" scales by N / sum(k); "before": K(Q / k); "after": K(Q) / k
+# Gaussian filter and k = K 1: "none": K Q (no scaling); "before": K(Q / k); "after": K(Q) / k
 # (his first code, used by DeepLab); "symmetric": K(Q / sqrt(k)) / sqrt(k) (pydensecrf's default).
 NORMALIZATIONS = ("none", "before", "after", "symmetric")
 SPATIAL_FILTERS = ("lattice", "separable")

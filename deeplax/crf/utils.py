@@ -23,6 +23,7 @@ def unary_from_labels(labels, n_labels, gt_prob, zero_unsure=True):
   labels = np.asarray(labels).ravel()
   if not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"labels must be integers; got dtype {labels.dtype}")
+  labels = labels.astype(np.int64)  # uint8 label maps: label - 1 must not wrap around
   low, high = (0, n_labels) if zero_unsure else (0, n_labels - 1)
   if labels.size and (labels.min() < low or labels.max() > high):
     raise ValueError(f"labels must lie in {low}..{high} (zero_unsure={zero_unsure}); got "
