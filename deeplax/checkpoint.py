@@ -17,6 +17,7 @@ is either whole or absent; a run killed mid-save keeps its previous checkpoints.
 
 import json
 import os
+import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
@@ -52,8 +53,11 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"missing {CONFIG_FILE} in run directory {workdir!r} ({path} not found); "
                             "is this a deeplax workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path} is not a readable run config ({_cause(e)})") from e
 
 
 def resolve_workdir(path: str) -> str:
@@ -94,22 +98,76 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, state: Mapping[s
   return manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
 
+class CheckpointError(ValueError):
+  """A checkpoint that does not restore (names its directory and the cause)."""
+
+
+def _cause(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
 def restore_train_state(manager: ocp.CheckpointManager, abstract_state: Mapping[str, Any],
                         step: Optional[int] = None) -> Tuple[Dict[str, Any], Optional[dict], int]:
   """Restores a training checkpoint into the structure (and shardings) of `abstract_state`.
 
   `abstract_state` is a tree of arrays or `jax.ShapeDtypeStruct`s (with `sharding` to place the
-  arrays). Returns (state, data_state or None, step).
+  arrays). Returns (state, data_state or None, step). A checkpoint that fails to restore raises
+  CheckpointError naming its directory and the cause.
   """
   step = manager.latest_step() if step is None else int(step)
   if step is None:
     raise FileNotFoundError(f"no checkpoint found in {manager.directory}")
+  step_dir = os.path.join(os.fspath(manager.directory), str(step))
   items = {"state": ocp.args.StandardRestore(dict(abstract_state))}
-  has_data = os.path.isdir(os.path.join(os.fspath(manager.directory), str(step), "data"))
+  has_data = os.path.isdir(os.path.join(step_dir, "data"))
   if has_data:
     items["data"] = ocp.args.JsonRestore()
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # orbax/tensorstore raise many types for damaged files
+    raise CheckpointError(f"checkpoint {step_dir} does not restore ({_cause(e)})") from e
   return dict(restored["state"]), (restored["data"] if has_data else None), step
+
+
+def restore_newest_intact(manager: ocp.CheckpointManager, abstract_state: Mapping[str, Any],
+                          workdir: str, *, move_broken: bool = True
+                          ) -> Tuple[Dict[str, Any], Optional[dict], int, list]:
+  """`restore_train_state` from the newest checkpoint that restores, newest first.
+
+  Each checkpoint that fails is logged with its path and cause; once one restores, the newer
+  broken ones are (on process 0, with `move_broken`) moved to `<workdir>/broken_checkpoints/<step>`,
+  out of the resume path and out of the way of the step being saved again; nothing is deleted. Returns (state, data_state, step,
+  skipped), skipped = [(step, message)]. Raises CheckpointError listing every failure when none
+  restores.
+  """
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  skipped = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, data_state, step = restore_train_state(manager, abstract_state, step)
+      if data_state is None:
+        raise CheckpointError(f"checkpoint {os.path.join(os.fspath(manager.directory), str(step))} "
+                              "has no input-iterator state ('data')")
+    except CheckpointError as e:
+      skipped.append((step, str(e)))
+      logging.warning("%s; trying the previous checkpoint", e)
+      continue
+    if skipped:
+      if move_broken and jax.process_index() == 0:
+        for bad, _ in skipped:
+          dest = os.path.join(workdir, "broken_checkpoints", str(bad))
+          os.makedirs(os.path.dirname(dest), exist_ok=True)
+          if os.path.exists(dest):
+            dest += f".{time.strftime('%Y%m%d-%H%M%S')}"
+          os.replace(os.path.join(os.fspath(manager.directory), str(bad)), dest)
+          logging.warning("moved the broken checkpoint %d to %s", bad, dest)
+      manager.reload()
+    return state, data_state, step, skipped
+  if skipped:
+    raise CheckpointError("no checkpoint in " + os.fspath(manager.directory) + " restores (nothing "
+                          "was moved or deleted):\n  " + "\n  ".join(m for _, m in skipped))
+  raise FileNotFoundError(f"no checkpoint found in {manager.directory}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,6 +199,17 @@ def _to_abstract(metadata_tree):
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), metadata_tree)
 
 
+def _restore_variables(manager, step):
+  metadata = manager.item_metadata(step)["state"]
+  tree = getattr(metadata, "tree", metadata)
+  if tree is None or "params" not in tree:
+    raise KeyError("no 'params' in its 'state' item")
+  abstract = {k: _to_abstract(tree[k]) for k in VARIABLE_COLLECTIONS if k in tree}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=abstract, restore_args=restore_args, partial_restore=True)))
+
+
 def load_variables(path: str, step: Optional[int] = None,
                    expected_config: Optional[ml_collections.ConfigDict] = None
                    ) -> Tuple[ml_collections.ConfigDict, Dict[str, Any], int]:
@@ -148,7 +217,9 @@ def load_variables(path: str, step: Optional[int] = None,
 
   `path` is a workdir or its `checkpoints/` directory; `step` defaults to the latest. Only the
   params/batch_stats subtrees are read, so no optimiser structure is needed. With
-  `expected_config`, a different `model.num_classes` is an error.
+  `expected_config`, a different `model.num_classes` is an error. Without `step`, a checkpoint
+  that fails to restore is reported (logged) and the previous one is tried; with it, or when none
+  restores, CheckpointError names each directory and cause.
   Returns (config of the run, variables, step).
   """
   workdir = resolve_workdir(path)
@@ -170,20 +241,27 @@ def load_variables(path: str, step: Optional[int] = None,
     steps = manager.all_steps()
     if not steps:
       raise FileNotFoundError(f"no checkpoint found in {path!r} ({ckpt_dir} has no saved steps)")
-    step = max(steps) if step is None else int(step)
-    if step not in steps:
+    if step is not None and int(step) not in steps:
       raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt_dir}; available: {sorted(steps)}")
-    metadata = manager.item_metadata(step)["state"]
-    tree = getattr(metadata, "tree", metadata)
-    if tree is None or "params" not in tree:
-      raise ValueError(f"checkpoint {ckpt_dir}/{step} has no 'params' in its 'state' item")
-    abstract = {k: _to_abstract(tree[k]) for k in VARIABLE_COLLECTIONS if k in tree}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=abstract, restore_args=restore_args, partial_restore=True)))
+    candidates = [int(step)] if step is not None else sorted(steps, reverse=True)
+    failures = []
+    for step in candidates:
+      try:
+        restored = _restore_variables(manager, step)
+        break
+      except Exception as e:  # orbax/tensorstore raise many types for damaged files
+        failures.append(f"checkpoint {ckpt_dir}/{step} does not restore ({_cause(e)})")
+        if len(candidates) > 1:
+          from absl import logging  # pylint: disable=g-import-not-at-top
+          logging.warning("%s; trying the previous checkpoint", failures[-1])
+    else:
+      hint = "" if len(candidates) > 1 else "; pass another step"
+      raise CheckpointError("; ".join(failures) + hint)
   finally:
     manager.close()
   state = restored["state"]
+  if "params" not in state:
+    raise CheckpointError(f"checkpoint {ckpt_dir}/{step} has no 'params' in its 'state' item")
   variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {}) or {}}
   return config, variables, step
 

@@ -11,7 +11,8 @@
     deeplax crf-search ...   (deeplax.crf.search)
 
 Errors in the input (files, checkpoints, configs, options) end the command with a one-paragraph
-message and exit status 2.
+message and exit status 2; any other failure with its message and status 1. `--verbose` (before
+or after the command name) adds the traceback.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import importlib.util
 import json
 import os
 import sys
+import traceback
 from typing import List, Optional, Sequence
 
 ERROR_EXIT = 2
@@ -167,7 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
   from deeplax.convert import tf_slim, torchvision
   from deeplax import export
   parser = argparse.ArgumentParser(prog="deeplax", description=__doc__.split("\n")[0])
+  parser.add_argument("--verbose", action="store_true", help="print tracebacks of errors")
+  verbose = argparse.ArgumentParser(add_help=False)
+  verbose.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="print tracebacks of errors")
   sub = parser.add_subparsers(dest="command", required=True)
+  add_parser = sub.add_parser
+  sub.add_parser = lambda *a, **k: add_parser(*a, parents=[verbose] if k.get("add_help", True) else [], **k)
 
   p = sub.add_parser("eval", help="mIoU / per-class IoU / trimap of a checkpoint on a split")
   p.add_argument("--checkpoint", required=True, help="run directory (config.json + checkpoints/)")
@@ -200,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("convert", help="import pretrained weights")
   csub = p.add_subparsers(dest="source", required=True)
+  add_convert = csub.add_parser
+  csub.add_parser = lambda *a, **k: add_convert(*a, parents=[verbose], **k)
   c = csub.add_parser("torchvision", help="torchvision DeepLabV3 / ImageNet ResNet weights")
   c.add_argument("file", help=".pth (needs torch) or .safetensors")
   c.add_argument("--arch", required=True, choices=torchvision.ARCHS)
@@ -241,9 +251,17 @@ def main(argv: Optional[List[str]] = None) -> int:
   try:
     return int(args.func(args) or 0)
   except (CLIError, ConversionError, ValueError, FileNotFoundError, FileExistsError,
-          ImportError) as e:
+          NotADirectoryError, IsADirectoryError, PermissionError, ImportError) as e:
+    if args.verbose:
+      traceback.print_exc()
     print(f"deeplax {args.command}: error: {e}", file=sys.stderr)
     return ERROR_EXIT
+  except Exception as e:  # pylint: disable=broad-except
+    if args.verbose:
+      traceback.print_exc()
+    print(f"deeplax {args.command}: failed: {type(e).__name__}: {e}"
+          + ("" if args.verbose else " (--verbose prints the traceback)"), file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.eval_every_steps = 500
   config.log_every_steps = 10
-  config.max_to_keep = 3             # checkpoints kept in <workdir>/checkpoints
+  config.max_to_keep = 3             # healthy checkpoints kept in <workdir>/checkpoints
+  # Divergence (deeplax.divergence): stop when the loss or the parameter norm exceeds factor x
+  # its running median over `window` steps (0: only the finite test); a checkpoint counts as
+  # healthy once `confirm_steps` healthy steps follow it.
+  config.divergence = ml_collections.ConfigDict(dict(factor=10.0, window=100, confirm_steps=5))
+  # Resuming with a model config other than the workdir's config.json is refused unless True
+  # (the change is then recorded in <workdir>/config_changes.json).
+  config.allow_config_change = False
   config.init_from = ml_collections.config_dict.placeholder(str)  # workdir to load matching weights from
   config.num_eval_images_to_save = 4  # prediction PNGs per evaluation
 

@@ -8,8 +8,15 @@ environment, or --coordinator_address / --num_processes / --process_id).
 The launch re-executes itself once with glibc's transparent-huge-page malloc (deeplax.hugepages;
 DEEPLAX_HUGE_PAGES=0 turns it off).
 
-Exit status: 0 done (or preempted with a checkpoint saved), 3 the workdir is in use by another
-run (its lock file names the holder: deeplax.workdir_lock), 1 any other failure.
+Exit status (one message on stderr; the traceback too with --verbose):
+  0  done, or preempted with a checkpoint saved;
+  2  bad input: flags, config (validated before anything is written), data (labels outside the
+     classes), checkpoints that do not restore, a resume whose model config differs from the
+     workdir's (deeplax.train.reconcile_config);
+  3  the workdir is in use by another run (its lock file names the holder: deeplax.workdir_lock);
+  4  the run diverged (deeplax.divergence); the message names the last healthy checkpoint;
+  5  a checkpoint save failed (disk full, permissions); the previous checkpoint is intact;
+  1  anything else (with its traceback).
 """
 
 import os
@@ -27,9 +34,13 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", os.environ.get("DEEPLAX_DISTRIBU
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks of the errors reported.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+BAD_INPUT_EXIT = 2
 LOCKED_EXIT = 3
+DIVERGED_EXIT = 4
+SAVE_FAILED_EXIT = 5
 
 
 class _QuietOrbax(logging.logging.Filter):
@@ -53,17 +64,44 @@ def main(argv):
                jax.devices())
   from deeplax import workdir_lock  # pylint: disable=g-import-not-at-top
   try:
-    history = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    config.to_dict()  # the config file is loaded on first use
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(e, BAD_INPUT_EXIT)
+  try:
+    history = train.train_and_evaluate(config, _WORKDIR.value)
   except workdir_lock.WorkdirLockedError as e:
-    logging.error("%s", e)
-    sys.exit(LOCKED_EXIT)
+    _fail(e, LOCKED_EXIT)
+  except train.TrainingDivergedError as e:
+    _fail(e, DIVERGED_EXIT)
+  except train.CheckpointSaveError as e:
+    _fail(e, SAVE_FAILED_EXIT)
+  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+    _fail(e, BAD_INPUT_EXIT)
   if history["eval"]:
     last = history["eval"][-1]
     logging.info("final step %d: mIoU %.4f, pixel accuracy %.4f", last["step"], last["miou"],
                  last["pixel_accuracy"])
 
 
+def _fail(error: BaseException, code: int):
+  if _VERBOSE.value:
+    logging.exception("%s", error)
+  else:
+    logging.error("%s", error)
+  sys.exit(code)
+
+
+def _parse_flags(argv):
+  """absl's parser, with flag and config-file errors as one message and exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"{os.path.basename(argv[0])}: error: {e}\nPass --helpfull for the flags.", file=sys.stderr)
+    sys.exit(BAD_INPUT_EXIT)
+
+
 if __name__ == "__main__":
   from deeplax import hugepages  # pylint: disable=g-import-not-at-top
   hugepages.reexec_with_huge_pages()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

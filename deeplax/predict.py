@@ -16,8 +16,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image
 
+from deeplax import images
 from deeplax import inference
 from deeplax import viz
 
@@ -75,12 +75,8 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
 
 
 def load_image(path: str) -> np.ndarray:
-  """uint8 RGB [H, W, 3]; a clear error naming the file when it cannot be decoded."""
-  try:
-    with Image.open(path) as img:
-      return np.asarray(img.convert("RGB"), dtype=np.uint8)
-  except Exception as e:  # PIL raises several types (UnidentifiedImageError, OSError, ...)
-    raise ValueError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from e
+  """uint8 RGB [H, W, 3] whatever the file's mode (deeplax.images); an error naming the file."""
+  return images.read_rgb(path)
 
 
 def dataset_palette(config: ml_collections.ConfigDict) -> np.ndarray:

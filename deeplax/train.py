@@ -39,6 +39,7 @@ import optax
 
 from deeplax import checkpoint as ckpt_lib
 from deeplax import defaults
+from deeplax import divergence
 from deeplax import layers
 from deeplax import losses
 from deeplax import metrics as metrics_lib
@@ -73,6 +74,19 @@ def prepare_config(config: ml_collections.ConfigDict,
   data_config.update(config.data.to_dict())
   with config.unlocked():
     config.data = data_config  # fields a config leaves out take deeplax.data's defaults
+    base = defaults.get_base_config()
+    for key in ("divergence", "allow_config_change", "max_to_keep"):
+      if key not in config:
+        config[key] = base[key]
+    unknown = sorted(set(config.divergence.keys()) - set(base.divergence.keys()))
+    if unknown:
+      raise ValueError(f"unknown config.divergence keys {unknown}; known: {sorted(base.divergence.keys())}")
+    for key in base.divergence.keys():
+      if key not in config.divergence:
+        config.divergence[key] = base.divergence[key]
+  divergence.DivergenceTest(float(config.divergence.factor), int(config.divergence.window))
+  divergence.CheckpointHealth((), int(config.divergence.confirm_steps),
+                              None if config.max_to_keep is None else int(config.max_to_keep))
   if config.parallelism not in PARALLELISMS:
     raise ValueError(f"config.parallelism must be one of {PARALLELISMS}; got {config.parallelism!r}")
   for key in ("batch_size", "total_steps", "checkpoint_every_steps", "eval_every_steps",
@@ -105,6 +119,25 @@ def _warn_misaligned(config) -> None:
     if size is not None and (int(size) - 1) % 16:
       logging.warning("config.model.align_corners=True but config.%s=%d is not 16k+1: "
                       "predictions will be misaligned with the labels", key, int(size))
+
+
+def validate_run(config: ml_collections.ConfigDict) -> None:
+  """Checks a prepared config completely before a run writes anything: the model builds and
+  initialises (`jax.eval_shape`, so no memory or compute) on a training crop, and the dataset's
+  class count equals config.model.num_classes (labels beyond it are caught per batch by the step)."""
+  from deeplax import data as data_lib  # the data pipeline imports TensorFlow
+  model = models.build(config.model)
+  crop = int(config.data.crop_size)
+  try:
+    jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                   jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32))
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"config.model does not build on {crop}x{crop} crops "
+                     f"(config.data.crop_size): {e}") from e
+  info = data_lib.dataset_info(config.data, prepare=False)
+  if info.num_classes != int(config.model.num_classes):
+    raise ValueError(f"config.model.num_classes={config.model.num_classes} but dataset "
+                     f"{info.name!r} (config.data.name) has {info.num_classes} classes")
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,6 +177,7 @@ def make_train_step(config, model, tx, axis_name: Optional[str] = None) -> Calla
                      align_corners=bool(config.model.get("align_corners", False)))
   aux_weight = float(loss_cfg.get("aux_weight", 0.0))
   freeze_bn = bool(config.model.get("freeze_bn", False))
+  num_classes = int(config.model.num_classes)
 
   def global_sum(x):
     return jax.lax.psum(x, axis_name) if axis_name else x
@@ -196,17 +230,23 @@ def make_train_step(config, model, tx, axis_name: Optional[str] = None) -> Calla
     new_params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
     param_norm = optax.tree.norm(new_params)
+    out_of_range = (labels != loss_kwargs["ignore_label"]) & ((labels < 0) | (labels >= num_classes))
+    bad_labels = global_sum(jnp.sum(out_of_range.astype(jnp.int32)))
+    label_max = jnp.max(jnp.where(out_of_range, labels, -1))
+    if axis_name:
+      label_max = jax.lax.pmax(label_max, axis_name)
     ok = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
-          & _all_finite(new_opt_state) & _all_finite(new_batch_stats))
-    # A non-finite step (loss, gradient, or the state it would write) leaves the state as it was;
-    # the host stops the run (see train_and_evaluate).
+          & _all_finite(new_opt_state) & _all_finite(new_batch_stats) & (bad_labels == 0))
+    # A non-finite step (loss, gradient, or the state it would write) or a batch with labels
+    # outside [0, num_classes) leaves the state as it was; the host stops the run.
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     new_state = {"params": keep(new_params, state["params"]),
                  "batch_stats": keep(new_batch_stats, state["batch_stats"]),
                  "opt_state": keep(new_opt_state, state["opt_state"]),
                  "step": state["step"] + 1, "rng": state["rng"]}
     metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm,
-               "learning_rate": lr_fn(state["step"]), "finite": ok}
+               "learning_rate": lr_fn(state["step"]), "finite": ok,
+               "bad_labels": bad_labels, "bad_label_max": label_max}
     return new_state, metrics
 
   return step
@@ -438,8 +478,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Returns a history dict: 'train' (per logged step), 'eval' (metrics per evaluation), 'step'
   (last step), 'preempted', 'init_report'. Holds `<workdir>/lock` while it runs (process 0);
   raises `workdir_lock.WorkdirLockedError`, naming the holder, if another live process has it.
+
+  Before anything is written the config is validated (`prepare_config`, `validate_run`). On a
+  resume, a model config other than the one in `<workdir>/config.json` raises ConfigChangeError
+  naming each key unless config.allow_config_change (see `reconcile_config`). A diverged step
+  raises TrainingDivergedError naming the last healthy checkpoint (deeplax.divergence); a failed
+  checkpoint save raises CheckpointSaveError at the next step.
   """
   config = prepare_config(config)
+  validate_run(config)
   workdir = os.path.abspath(workdir)
   with _hold_workdir(workdir):
     return _train_and_evaluate(config, workdir, stop_at_step, step_callback)
@@ -470,19 +517,104 @@ def _hold_workdir(workdir: str):
       lock.release()
 
 
+class ConfigChangeError(ValueError):
+  """A resume whose model config differs from the workdir's config.json."""
+
+
+class TrainingDivergedError(FloatingPointError):
+  """A diverged step (deeplax.divergence); the message names the last healthy checkpoint."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint save that failed; the message names the directory."""
+
+
+# Keys whose change alters what the checkpoints mean; any other key is training-only.
+MODEL_KEY_PREFIXES = ("model.", "data.name", "data.normalization", "data.ignore_label")
+# Set from other keys (bn_axis_name follows config.parallelism) or about the launch itself.
+UNCOMPARED_KEYS = ("model.bn_axis_name", "allow_config_change")
+CONFIG_CHANGES_FILE = "config_changes.json"
+
+
+def _flat(tree, prefix=""):
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f"{prefix}{k}."))
+    return out if out or not prefix else {prefix[:-1]: {}}
+  return {prefix[:-1]: tree}
+
+
+def config_differences(old: dict, new: dict) -> Dict[str, tuple]:
+  """{dotted key: (old, new)} over the leaves of two JSON configs ('<missing>' where absent)."""
+  a, b = _flat(old), _flat(new)
+  missing = "<missing>"
+  return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+          if a.get(k, missing) != b.get(k, missing) and k not in UNCOMPARED_KEYS}
+
+
+def reconcile_config(config: ml_collections.ConfigDict, workdir: str, resumed_step) -> Dict[str, tuple]:
+  """Writes or checks `<workdir>/config.json` (process 0 writes). Returns the recorded changes.
+
+  A workdir without checkpoints gets this config (a launch that failed before its first save
+  leaves nothing to keep). With checkpoints, a different model config (keys under
+  MODEL_KEY_PREFIXES) raises ConfigChangeError listing each key, old and new value, unless
+  config.allow_config_change; training-only changes (total_steps, learning rate, cadence) are
+  accepted. Accepted changes are appended to `<workdir>/config_changes.json` (time, step, key:
+  [old, new]) and config.json is rewritten to describe the checkpoints written from now on.
+  """
+  path = os.path.join(workdir, ckpt_lib.CONFIG_FILE)
+  new = json.loads(config.to_json_best_effort())
+  if resumed_step is None or not os.path.exists(path):
+    ckpt_lib.write_config(workdir, config)
+    return {}
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path} of the run being resumed is unreadable ({e}); restore it or start "
+                     "a new workdir") from e
+  changes = config_differences(old, new)
+  model_changes = {k: v for k, v in changes.items() if k.startswith(MODEL_KEY_PREFIXES)}
+  if model_changes and not config.allow_config_change:
+    lines = "\n".join(f"  {k}: {o!r} in the workdir, {n!r} now" for k, (o, n) in model_changes.items())
+    raise ConfigChangeError(
+        f"the model config differs from {path}, which describes the checkpoints being resumed "
+        f"(step {resumed_step}):\n{lines}\nUse a new workdir (with config.init_from={workdir!r} "
+        "to start from these weights), or pass --config.allow_config_change=True to resume with "
+        f"the change (recorded in {CONFIG_CHANGES_FILE}).")
+  if changes and jax.process_index() == 0:
+    record_path = os.path.join(workdir, CONFIG_CHANGES_FILE)
+    records = []
+    if os.path.exists(record_path):
+      with open(record_path) as f:
+        records = json.load(f)
+    records.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": int(resumed_step),
+                    "changes": {k: list(v) for k, v in changes.items()}})
+    _write_json_atomic(record_path, records)
+    ckpt_lib.write_config(workdir, config)
+    logging.info("config changes at step %d recorded in %s: %s", resumed_step, record_path,
+                 ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changes.items()))
+  return changes
+
+
+def _write_json_atomic(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
 def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
   from deeplax import data as data_lib  # the data pipeline imports TensorFlow
   is_main = jax.process_index() == 0
-  config_path = os.path.join(workdir, ckpt_lib.CONFIG_FILE)
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      if json.load(f) != json.loads(config.to_json_best_effort()):
-        logging.warning("%s differs from this run's config; keeping the existing file", config_path)
-  else:
-    ckpt_lib.write_config(workdir, config)
-
   model = models.build(config.model)
-  manager = ckpt_lib.checkpoint_manager(workdir, max_to_keep=int(config.max_to_keep))
+  manager = ckpt_lib.checkpoint_manager(workdir, max_to_keep=None)  # rotation: `health` below
+  try:
+    reconcile_config(config, workdir, manager.latest_step())
+  except BaseException:
+    manager.close()
+    raise
   train_iter = data_lib.create_train_iterator(config, process_index=jax.process_index(),
                                               process_count=jax.process_count())
   start_data_state = train_iter.get_state()
@@ -497,12 +629,17 @@ def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
   if latest is not None:
     abstract = parallel.abstract_state(state) if parallel.name == "jit" else \
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state)
-    state, data_state, step = ckpt_lib.restore_train_state(manager, abstract, latest)
-    if data_state is None:
-      raise ValueError(f"checkpoint {latest} in {workdir} has no input-iterator state ('data')")
+    state, data_state, step, skipped = ckpt_lib.restore_newest_intact(manager, abstract, workdir)
+    data_state = dict(data_state)
+    divergence_state = data_state.pop(divergence.DATA_KEY, None)
     train_iter.set_state(data_state)
+    if skipped:
+      logging.warning("resumed from step %d, skipping the checkpoints %s that do not restore "
+                      "(moved to %s)", step, [s for s, _ in skipped],
+                      os.path.join(workdir, "broken_checkpoints"))
     logging.info("resumed from %s at step %d", manager.directory, step)
   else:
+    divergence_state = None
     train_iter.set_state(start_data_state)
     if config.init_from:
       merged, init_report = load_init_variables(config.init_from, state)
@@ -528,13 +665,71 @@ def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
   mesh = parallel.mesh if parallel.name == "jit" else Mesh(np.asarray(jax.devices()), (MESH_AXIS,))
   history = {"train": [], "eval": [], "preempted": False, "init_report": init_report}
   total = int(config.total_steps)
-  last_step_saved = latest
+  last_step_saved = manager.latest_step()
+  host_state = parallel.get_state(state)
+  test = divergence.DivergenceTest(
+      float(config.divergence.factor), int(config.divergence.window),
+      initial_param_norm=float(optax.tree.norm(jax.device_get(host_state["params"]))))
+  if divergence_state is not None:
+    test.load_state(divergence_state)
+  health = divergence.CheckpointHealth(manager.all_steps(), int(config.divergence.confirm_steps),
+                                       None if config.max_to_keep is None else int(config.max_to_keep))
+
+  def check_saves(step_, wait=False):
+    """Raises CheckpointSaveError if a background save failed (checked every step)."""
+    try:
+      if wait:
+        manager.wait_until_finished()
+      manager.check_for_errors()
+    except Exception as e:  # the save thread's exception, whatever its type
+      raise CheckpointSaveError(
+          f"saving a checkpoint to {manager.directory} failed ({ckpt_lib._cause(e)}); training "
+          f"stopped at step {step_}. The last complete checkpoint is step "
+          f"{ckpt_lib.latest_step(workdir)}; free space or fix the directory, then relaunch to "
+          "resume from it.") from e
 
   def save(step_, force=False):
     nonlocal last_step_saved
-    host_state = parallel.get_state(state)
-    ckpt_lib.save_train_state(manager, step_, host_state, train_iter.get_state(), force=force)
+    try:
+      data_state = dict(train_iter.get_state(), **{divergence.DATA_KEY: test.state()})
+      ckpt_lib.save_train_state(manager, step_, parallel.get_state(state), data_state, force=force)
+    except Exception as e:
+      raise CheckpointSaveError(
+          f"saving checkpoint {step_} to {manager.directory} failed ({ckpt_lib._cause(e)}); "
+          f"training stopped. The last complete checkpoint is step {ckpt_lib.latest_step(workdir)}; "
+          "free space or fix the directory, then relaunch to resume from it.") from e
     last_step_saved = step_
+    health.saved(step_)
+    rotate()
+
+  def rotate():
+    for old_step in health.to_delete():
+      manager.delete(old_step)
+
+  def stop_diverged(reason, step_):
+    try:
+      manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass  # a failed save is one more unconfirmed checkpoint: it is absent anyway
+    moved_dir = os.path.join(workdir, "diverged_checkpoints")
+    moved = [s_ for s_ in health.pending if os.path.isdir(os.path.join(manager.directory, str(s_)))]
+    if moved and is_main:
+      os.makedirs(moved_dir, exist_ok=True)
+      for s_ in moved:
+        dest = os.path.join(moved_dir, str(s_))
+        if os.path.exists(dest):
+          dest += f".{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(os.path.join(manager.directory, str(s_)), dest)
+    health.pending = []
+    manager.reload()
+    good = health.last_good
+    where = (f"The last good checkpoint is step {good} in {manager.directory}" if good is not None
+             else f"No checkpoint of this run is known to be healthy ({manager.directory} holds none)")
+    moved_text = (f" The checkpoints {moved}, not yet followed by {health.confirm_steps} healthy "
+                  f"steps, were moved to {moved_dir}." if moved else "")
+    raise TrainingDivergedError(
+        f"{reason}; training stopped. {where}.{moved_text} Lower config.learning_rate, set "
+        "config.grad_clip_norm or check the input data, then relaunch to resume from it.")
 
   def run_eval(step_):
     host_vars = parallel.get_state(state)
@@ -571,15 +766,20 @@ def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
         state, metrics = parallel.step(state, parallel.put_batch(batch))
         step += 1
         metrics = parallel.get_metrics(metrics)
-        if not bool(metrics["finite"]):
-          manager.wait_until_finished()
-          good = manager.latest_step()
-          raise FloatingPointError(
-              f"non-finite loss ({float(metrics['loss'])}), gradient norm "
-              f"({float(metrics['grad_norm'])}) or updated state (parameter norm "
-              f"{float(metrics['param_norm'])}) at step {step}, not applied; training stopped. The last good "
-              f"checkpoint is step {good} in {manager.directory} (none if None). Lower "
-              f"config.learning_rate, set config.grad_clip_norm or check the input data.")
+        check_saves(step)
+        if int(metrics["bad_labels"]):
+          raise ValueError(
+              f"the batch of step {step} has {int(metrics['bad_labels'])} label pixels outside "
+              f"[0, config.model.num_classes={config.model.num_classes}) that are not "
+              f"config.data.ignore_label={ignore_label(config)} (largest: "
+              f"{int(metrics['bad_label_max'])}); the step was not applied. Set num_classes to the "
+              "dataset's class count or fix the labels.")
+        verdict = test.check(step, float(metrics["loss"]), float(metrics["param_norm"]),
+                             bool(metrics["finite"]))
+        if not verdict.healthy:
+          stop_diverged(verdict.reason, step)
+        health.healthy_through(step)
+        rotate()
         if step_callback is not None:
           step_callback(step, metrics)
         if step % int(config.log_every_steps) == 0 or step == total:
@@ -610,9 +810,16 @@ def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
           logging.info("stopping at step %d (%s); checkpoint saved", step,
                        "SIGTERM" if sigterm.requested else "stop_at_step")
           break
+      health.confirm_all()  # ended without divergence: its last checkpoints are its result
+      check_saves(step, wait=True)
+      rotate()
     finally:
-      manager.wait_until_finished()
-      manager.close()
+      try:
+        manager.wait_until_finished()
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.error("closing the checkpoint manager of %s: %s", manager.directory,
+                      ckpt_lib._cause(e))  # reported above as CheckpointSaveError if it matters
       if writer is not None:
         writer.close()
   history["step"] = step

@@ -198,3 +198,53 @@ def test_crf_search_dispatch():
   with pytest.raises(SystemExit) as e:
     cli.main(["crf-search", "--help"])
   assert e.value.code == 0
+
+
+def test_junk_or_broken_checkpoints_are_exit_2_naming_the_directory(run_dir, tmp_path, capsys):
+  import shutil
+  _, workdir, _, _ = run_dir
+  path, = _images(str(tmp_path / "in"), [(33, 33)])
+  # checkpoints/N replaced by junk: no 'state' item.
+  junk = str(tmp_path / "junk")
+  shutil.copytree(workdir, junk)
+  step_dir = os.path.join(junk, "checkpoints", "0")
+  shutil.rmtree(step_dir)
+  os.makedirs(step_dir)
+  open(os.path.join(step_dir, "x"), "w").write("junk")
+  code = cli.main(["predict", "--checkpoint", junk, "--output", str(tmp_path / "o"), path])
+  err = capsys.readouterr().err
+  assert code == cli.ERROR_EXIT, err
+  assert f"checkpoint {step_dir} does not restore" in err and "Traceback" not in err
+  # A deleted _METADATA and an empty one, for eval and export too; --verbose adds the traceback.
+  for damage in ("delete", "empty"):
+    broken = str(tmp_path / f"broken_{damage}")
+    shutil.copytree(workdir, broken)
+    meta = os.path.join(broken, "checkpoints", "0", "state", "_METADATA")
+    os.remove(meta) if damage == "delete" else open(meta, "w").close()
+    for argv in (["eval", "--checkpoint", broken, "--quiet"],
+                 ["export", "--checkpoint", broken, "--format", "stablehlo", "--output",
+                  str(tmp_path / f"{damage}.stablehlo")]):
+      assert cli.main(argv) == cli.ERROR_EXIT
+      err = capsys.readouterr().err
+      assert os.path.join(broken, "checkpoints", "0") in err and "Traceback" not in err, err
+  assert cli.main(["--verbose", "eval", "--checkpoint", broken, "--quiet"]) == cli.ERROR_EXIT
+  assert "Traceback" in capsys.readouterr().err
+  assert cli.main(["eval", "--verbose", "--checkpoint", broken, "--quiet"]) == cli.ERROR_EXIT
+  assert "Traceback" in capsys.readouterr().err
+  open(os.path.join(junk, "config.json"), "w").write("{junk")
+  assert cli.main(["predict", "--checkpoint", junk, "--output", str(tmp_path / "o"), path]) == \
+      cli.ERROR_EXIT
+  assert f"{os.path.join(junk, 'config.json')} is not a readable run config" in capsys.readouterr().err
+
+
+def test_predict_reads_16_bit_and_palette_images(run_dir, tmp_path):
+  _, workdir, _, _ = run_dir
+  gray16 = (np.arange(33 * 33).reshape(33, 33) * 60).astype(np.uint16)
+  path = str(tmp_path / "gray16.png")
+  Image.fromarray(gray16).save(path)
+  assert Image.open(path).mode.startswith("I")
+  image = predict.load_image(path)
+  np.testing.assert_array_equal(image[..., 0], np.round(gray16 / 257.0).astype(np.uint8))
+  assert cli.main(["predict", "--checkpoint", workdir, "--output", str(tmp_path / "o"), path,
+                   "--quiet"]) == 0
+  assert os.path.exists(tmp_path / "o" / "gray16.png")

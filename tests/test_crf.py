@@ -332,3 +332,27 @@ def test_eager_checks_of_device_arrays(small):
     crf.dense_crf(jnp.asarray(bad), jnp.asarray(image))
   with pytest.raises(ValueError, match="float array"):
     crf.dense_crf(unary.astype(np.int32), image)
+
+
+def test_core_batch_and_layer_check_the_image_as_dense_crf_does():
+  """A float (e.g. normalised) image would silently change the bilateral affinities."""
+  unary = _smooth_unary(6, 7, 3)
+  image = _photo(6, 7)
+  params = crf.CRFParams.deeplab_v2_resnet101_voc()
+  bad_images = [(image.astype(np.float32), r"image must be uint8 RGB"),
+                (image[..., :2], r"image must be \[H, W, 3\] RGB"),
+                (image[:5], r"image size \(5, 7\) differs from unary size \(6, 7\)")]
+  for bad, message in bad_images:
+    with pytest.raises(ValueError, match=message):
+      crf.dense_crf(unary, bad, params)
+    with pytest.raises(ValueError, match=message):
+      crf.dense_crf_core(unary, bad, params)
+    with pytest.raises(ValueError, match=message):  # also while tracing
+      jax.jit(lambda u, im: crf.dense_crf_core(u, im, params))(unary, bad)
+    with pytest.raises(ValueError, match=message.replace(r"\[H, W, 3\]", r"\[N, H, W, 3\]")
+                       .replace(r"\(5, 7\)", r"\(1, 5, 7\)").replace(r"\(6, 7\)", r"\(1, 6, 7\)")):
+      crf.dense_crf_batch_core(unary[None], bad[None], np.array([[6, 7]]), params)
+    layer = DenseCRF(num_classes=3, num_iters=1)
+    with pytest.raises(ValueError, match=message.replace(r"\[H, W, 3\]", r"\[N, H, W, 3\]")
+                       .replace(r"\(5, 7\)", r"\(1, 5, 7\)").replace(r"\(6, 7\)", r"\(1, 6, 7\)")):
+      layer.init(jax.random.key(0), jnp.asarray(-unary[None]), jnp.asarray(bad[None]))

@@ -292,7 +292,8 @@ def is_traced(*xs) -> bool:
 def dense_crf_core(unary_HWC, image_HW3, params: CRFParams, num_iters: int = 10,
                    valid_hw=None, capacity_factor: float = 2.0, return_all: bool = False,
                    key_words: int = 1):
-  """Unchecked jittable CRF of one image -> (Q [H, W, C] (or all iterates), overflow flag).
+  """Jittable CRF of one image -> (Q [H, W, C] (or all iterates), overflow flag); checks only
+  the image's shape and dtype (`check_image`), not the unary's values.
 
   valid_hw: optional int [2], the real size of a bottom/right-padded image; padded pixels get
   Q = 0 and do not influence the others. Weights, sigmas and the normalisation are traced (no
@@ -303,6 +304,7 @@ def dense_crf_core(unary_HWC, image_HW3, params: CRFParams, num_iters: int = 10,
   1 GiB; `release_workspaces()` frees them): fresh tables cost the CPU page faults each call
   (BENCHMARKS.md, "Dense CRF"). On accelerators nothing is kept.
   """
+  check_image(image_HW3, _as_checkable(unary_HWC).shape[:2])
   if valid_hw is not None:
     valid_hw = jnp.asarray(valid_hw, jnp.int32)
   args = (_numeric(params), _static(params), int(num_iters), valid_hw, float(capacity_factor),
@@ -338,6 +340,23 @@ def _as_checkable(x):
   return x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
 
 
+def check_image(image, size_hw, batched: bool = False) -> None:
+  """The image argument of every CRF form: uint8 RGB [(N,) H, W, 3] of the unary's size.
+  Metadata only, so also while tracing; a float image (e.g. normalised) would silently give
+  other bilateral affinities, since σβ is in 0..255 intensity units."""
+  image = _as_checkable(image)
+  layout = "[N, H, W, 3]" if batched else "[H, W, 3]"
+  if image.ndim != (4 if batched else 3) or image.shape[-1] != 3:
+    raise ValueError(f"image must be {layout} RGB; got shape {tuple(image.shape)}")
+  if image.dtype != np.uint8:
+    raise ValueError(f"image must be uint8 RGB (0..255, σβ is in these units); got dtype "
+                     f"{image.dtype}")
+  if tuple(image.shape[:-1]) != tuple(size_hw):
+    raise ValueError(f"image size {tuple(image.shape[:-1])} differs from unary size "
+                     f"{tuple(size_hw)}; resize the scores to the image first (v2 §3: "
+                     "bilinear upsampling)")
+
+
 def check_inputs(unary_HWC, image_HW3, params: CRFParams, num_iters: int, valid_hw=None):
   """Checks with clear messages: shapes, dtypes, sigmas and iterations always (also while
   tracing under jit / vmap / grad), NaN/inf unaries only on concrete arrays."""
@@ -349,14 +368,7 @@ def check_inputs(unary_HWC, image_HW3, params: CRFParams, num_iters: int, valid_
     raise ValueError(f"unary must be a float array (-log P); got dtype {unary.dtype}")
   if unary.shape[-1] < 2:
     raise ValueError(f"unary needs at least 2 classes (channels); got {unary.shape[-1]}")
-  if image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f"image must be [H, W, 3] RGB; got shape {image.shape}")
-  if image.dtype != np.uint8:
-    raise ValueError(f"image must be uint8 RGB (0..255); got dtype {image.dtype}")
-  if tuple(image.shape[:2]) != tuple(unary.shape[:2]):
-    raise ValueError(f"image size {tuple(image.shape[:2])} differs from unary size "
-                     f"{tuple(unary.shape[:2])}; resize the scores to the image first (v2 §3: "
-                     "bilinear upsampling)")
+  check_image(image, unary.shape[:2])
   if int(num_iters) < 0 or int(num_iters) != num_iters:
     raise ValueError(f"num_iters must be an integer >= 0; got {num_iters}")
   region = unary
@@ -426,7 +438,8 @@ def _batch_core(unary_NHWC, images_NHW3, valid_hw_N2, numeric, static, num_iters
 
 def dense_crf_batch_core(unary_NHWC, images_NHW3, valid_hw_N2, params: CRFParams,
                          num_iters: int = 10, capacity_factor: float = 2.0, key_words: int = 1):
-  """Unchecked batched CRF: dense_crf_core over images with per-image valid sizes [N, 2]."""
+  """Batched CRF (image shape and dtype checked): dense_crf_core over images with per-image valid sizes [N, 2]."""
+  check_image(images_NHW3, _as_checkable(unary_NHWC).shape[:3], batched=True)
   return _batch_core(unary_NHWC, images_NHW3, jnp.asarray(valid_hw_N2, jnp.int32),
                      _numeric(params), _static(params), int(num_iters), float(capacity_factor),
                      int(key_words))

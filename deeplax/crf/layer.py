@@ -41,8 +41,7 @@ class DenseCRF(nn.Module):
     n, h, w, c = logits_NHWC.shape
     if c != self.num_classes:
       raise ValueError(f"DenseCRF expects {self.num_classes} classes; logits have {c}")
-    if images_NHW3.shape != (n, h, w, 3):
-      raise ValueError(f"images {images_NHW3.shape} do not match logits {logits_NHWC.shape}")
+    inference.check_image(images_NHW3, (n, h, w), batched=True)
     if self.normalization not in ("none", "before", "after", "symmetric"):
       raise ValueError(f"unknown normalization {self.normalization!r}")
     dtype = logits_NHWC.dtype

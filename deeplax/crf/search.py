@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from deeplax import images
 from deeplax import metrics
 from deeplax.crf import inference
 from deeplax.crf.params import CRFParams
@@ -150,7 +151,7 @@ def load_samples(logits_dir: str, image_dir: str, label_dir: str,
     label_path = os.path.join(label_dir, stem + ".png")
     if not os.path.exists(label_path):
       raise FileNotFoundError(f"no label {label_path}")
-    image = np.asarray(Image.open(image_path).convert("RGB"))
+    image = images.read_rgb(image_path)
     label = np.asarray(Image.open(label_path))
     if logits.ndim != 3 or logits.shape[:2] != image.shape[:2] or label.shape != image.shape[:2]:
       raise ValueError(f"{stem}: logits {logits.shape}, image {image.shape} and label "

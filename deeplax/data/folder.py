@@ -18,9 +18,9 @@ import os
 from typing import Optional
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
+from deeplax import images
 from deeplax import viz
 from deeplax.data import common
 
@@ -139,8 +139,7 @@ class DeeplaxFolder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, files):
     num_classes = len(self.class_names)
     for image_path, mask_path in files:
-      with Image.open(image_path) as im:
-        image = np.asarray(im.convert("RGB"))
+      image = images.read_rgb(image_path)
       label = common.read_label_png(mask_path)
       if label.shape != image.shape[:2]:
         raise ValueError(f"{mask_path}: mask size {label.shape} (H, W) differs from the image "
