@@ -17,7 +17,6 @@ is either whole or absent; a run killed mid-save keeps its previous checkpoints.
 
 import json
 import os
-import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
@@ -130,6 +129,25 @@ def restore_train_state(manager: ocp.CheckpointManager, abstract_state: Mapping[
   return dict(restored["state"]), (restored["data"] if has_data else None), step
 
 
+def move_aside(step_dir: str, dest_dir: str) -> str:
+  """Moves a step directory into `dest_dir` (never over an existing one); returns the new path."""
+  os.makedirs(dest_dir, exist_ok=True)
+  dest = os.path.join(dest_dir, os.path.basename(step_dir))
+  n = 1
+  while os.path.exists(dest):
+    dest = os.path.join(dest_dir, f"{os.path.basename(step_dir)}.{n}")
+    n += 1
+  os.replace(step_dir, dest)
+  return dest
+
+
+def sync_processes(tag: str) -> None:
+  """A barrier over the processes of a multi-host run (after process 0 moved directories)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(tag)
+
+
 def restore_newest_intact(manager: ocp.CheckpointManager, abstract_state: Mapping[str, Any],
                           workdir: str, *, move_broken: bool = True
                           ) -> Tuple[Dict[str, Any], Optional[dict], int, list]:
@@ -156,12 +174,10 @@ def restore_newest_intact(manager: ocp.CheckpointManager, abstract_state: Mappin
     if skipped:
       if move_broken and jax.process_index() == 0:
         for bad, _ in skipped:
-          dest = os.path.join(workdir, "broken_checkpoints", str(bad))
-          os.makedirs(os.path.dirname(dest), exist_ok=True)
-          if os.path.exists(dest):
-            dest += f".{time.strftime('%Y%m%d-%H%M%S')}"
-          os.replace(os.path.join(os.fspath(manager.directory), str(bad)), dest)
+          dest = move_aside(os.path.join(os.fspath(manager.directory), str(bad)),
+                            os.path.join(workdir, "broken_checkpoints"))
           logging.warning("moved the broken checkpoint %d to %s", bad, dest)
+      sync_processes("deeplax_broken_checkpoints_moved")
       manager.reload()
     return state, data_state, step, skipped
   if skipped:

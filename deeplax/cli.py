@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:2] == ["--verbose", "crf-search"]:
+    argv = argv[1:]
   if argv and argv[0] == "crf-search":
     try:
       return cmd_crf_search(argv[1:])

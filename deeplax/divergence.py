@@ -16,7 +16,10 @@ healthy: the loss computed with its parameters is known to be sane. Rotation (`m
 deletes only confirmed checkpoints, so diverged ones never push the last healthy one out; when
 the run diverges, the unconfirmed checkpoints are moved to `<workdir>/diverged_checkpoints/`
 (kept for inspection, out of the resume path), and the newest confirmed one is the run's "last
-good" checkpoint. Checkpoints already on disk when a run starts count as confirmed.
+good" checkpoint. Each checkpoint stores which steps were still unconfirmed when it was written
+(in its 'data' item), so a preempted or crashed run resumes with them unconfirmed; other
+checkpoints already on disk count as confirmed, and reaching total_steps confirms all. So up to
+max_to_keep + ceil(confirm_steps / checkpoint_every_steps) checkpoints are on disk at once.
 """
 
 import collections
@@ -108,8 +111,19 @@ class CheckpointHealth:
     self.pending = [s for s in self.pending if s not in done]
     self.confirmed = sorted(set(self.confirmed) | set(done))
 
+  def pending_after_saving(self, step: int) -> list:
+    """The unconfirmed steps once `step` is saved (stored in that checkpoint, see `resume`)."""
+    return sorted(s for s in set(self.pending) | {int(step)} if s + self.confirm_steps > step)
+
+  def resume(self, pending) -> None:
+    """Checkpoints the resumed one listed as unconfirmed stay unconfirmed (a stop or crash does
+    not make them healthy); the others on disk count as confirmed."""
+    pending = {int(s) for s in pending} & set(self.confirmed)
+    self.confirmed = [s for s in self.confirmed if s not in pending]
+    self.pending = sorted(pending)
+
   def confirm_all(self) -> None:
-    """The run ended without divergence: its last checkpoints are its result."""
+    """The run reached config.total_steps without divergence: its last checkpoints are its result."""
     self.confirmed = sorted(set(self.confirmed) | set(self.pending))
     self.pending = []
 

@@ -3,7 +3,7 @@
 `to_rgb_uint8` handles each PIL mode explicitly, since PIL's own `convert("RGB")` clips 16-bit
 grayscale to 0/255:
 - 8-bit modes (RGB, L, P palette, 1, CMYK, YCbCr, LAB, HSV): PIL's conversion to RGB;
-- with alpha (RGBA, LA, PA, RGBa, La): the colour channels, alpha dropped (as cv2.imread and
+- with alpha (RGBA, LA, PA, RGBa): the colour channels, alpha dropped (as cv2.imread and
   tf.io.decode_image(channels=3) do), not composited onto a background;
 - 16-bit grayscale (I;16, I;16L, I;16B, I;16N; and mode I of a PNG, which is how PIL may open a
   16-bit PNG): scaled by 255 / 65535 and rounded, replicated to three channels. 16-bit RGB(A)
@@ -20,7 +20,7 @@ class ImageModeError(ValueError):
 
 
 _EIGHT_BIT = ("RGB", "L", "P", "1", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
-_WITH_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+_WITH_ALPHA = ("RGBA", "LA", "PA", "RGBa")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 

@@ -76,7 +76,7 @@ def main(argv):
     _fail(e, DIVERGED_EXIT)
   except train.CheckpointSaveError as e:
     _fail(e, SAVE_FAILED_EXIT)
-  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as e:
     _fail(e, BAD_INPUT_EXIT)
   if history["eval"]:
     last = history["eval"][-1]
@@ -88,7 +88,7 @@ def _fail(error: BaseException, code: int):
   if _VERBOSE.value:
     logging.exception("%s", error)
   else:
-    logging.error("%s", error)
+    logging.error("%s (--verbose prints the traceback)", error)
   sys.exit(code)
 
 

@@ -20,6 +20,7 @@ config.init_from. Multi-scale input training (v2 §3.2): config.train_scales.
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -132,8 +133,8 @@ def validate_run(config: ml_collections.ConfigDict) -> None:
     jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                    jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32))
   except (ValueError, TypeError) as e:
-    raise ValueError(f"config.model does not build on {crop}x{crop} crops "
-                     f"(config.data.crop_size): {e}") from e
+    raise ValueError(f"config.model does not build: {e} (initialised on one {crop}x{crop} "
+                     "crop, config.data.crop_size)") from e
   info = data_lib.dataset_info(config.data, prepare=False)
   if info.num_classes != int(config.model.num_classes):
     raise ValueError(f"config.model.num_classes={config.model.num_classes} but dataset "
@@ -529,11 +530,15 @@ class CheckpointSaveError(RuntimeError):
   """A checkpoint save that failed; the message names the directory."""
 
 
-# Keys whose change alters what the checkpoints mean; any other key is training-only.
-MODEL_KEY_PREFIXES = ("model.", "data.name", "data.normalization", "data.ignore_label")
-# Set from other keys (bn_axis_name follows config.parallelism) or about the launch itself.
-UNCOMPARED_KEYS = ("model.bn_axis_name", "allow_config_change")
+# Keys whose change alters what the checkpoints mean (model keys except MODEL_TRAINING_KEYS).
+DATA_MODEL_KEYS = ("data.name", "data.normalization", "data.ignore_label")
+# Model fields that change how a model trains or runs, not what its weights mean.
+MODEL_TRAINING_KEYS = tuple(f"model.{k}" for k in (
+    "remat", "freeze_bn", "bn_momentum", "aspp_dropout", "aspp_v2_dropout", "dropout_rate",
+    "dtype", "bn_axis_name"))
+UNCOMPARED_KEYS = ("allow_config_change",)
 CONFIG_CHANGES_FILE = "config_changes.json"
+_MISSING = "<missing>"
 
 
 def _flat(tree, prefix=""):
@@ -545,28 +550,56 @@ def _flat(tree, prefix=""):
   return {prefix[:-1]: tree}
 
 
+def _jsonable(x):
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  return x if isinstance(x, (str, int, float, bool, type(None), dict)) else repr(x)
+
+
+def _model_view(model_dict: dict) -> Dict[str, Any]:
+  """{'model.<field>': value} of the built module, so a key a config leaves out compares as the
+  module's default; the config's own keys if it does not build."""
+  try:
+    module = models.build(ml_collections.ConfigDict(model_dict))
+  except Exception:  # pylint: disable=broad-except
+    return _flat(model_dict, "model.")
+  view = {f"model.{f.name}": _jsonable(getattr(module, f.name))
+          for f in dataclasses.fields(module) if f.name not in ("parent", "name")}
+  view["model.name"] = model_dict.get("name")
+  return view
+
+
 def config_differences(old: dict, new: dict) -> Dict[str, tuple]:
-  """{dotted key: (old, new)} over the leaves of two JSON configs ('<missing>' where absent)."""
-  a, b = _flat(old), _flat(new)
-  missing = "<missing>"
-  return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
-          if a.get(k, missing) != b.get(k, missing) and k not in UNCOMPARED_KEYS}
+  """{dotted key: (old, new)} between a workdir's config.json and a prepared config: model keys
+  through the built module (defaults filled in), the rest with the base config's defaults for
+  keys the older file lacks."""
+  base = json.loads(defaults.get_base_config().to_json_best_effort())
+  rest = lambda c: {k: v for k, v in c.items() if k != "model"}
+  a = {**_flat(rest(base)), **_flat(rest(old)), **_model_view(old.get("model", {}))}
+  b = {**_flat(rest(new)), **_model_view(new.get("model", {}))}
+  return {k: (a.get(k, _MISSING), b.get(k, _MISSING)) for k in sorted(set(a) | set(b))
+          if _jsonable(a.get(k, _MISSING)) != _jsonable(b.get(k, _MISSING))
+          and k not in UNCOMPARED_KEYS}
 
 
-def reconcile_config(config: ml_collections.ConfigDict, workdir: str, resumed_step) -> Dict[str, tuple]:
-  """Writes or checks `<workdir>/config.json` (process 0 writes). Returns the recorded changes.
+def reconcile_config(config: ml_collections.ConfigDict, workdir: str, resumed_step, *,
+                     write: bool = True) -> Dict[str, tuple]:
+  """Checks and (with `write`, process 0) writes `<workdir>/config.json`; returns the changes.
 
   A workdir without checkpoints gets this config (a launch that failed before its first save
-  leaves nothing to keep). With checkpoints, a different model config (keys under
-  MODEL_KEY_PREFIXES) raises ConfigChangeError listing each key, old and new value, unless
-  config.allow_config_change; training-only changes (total_steps, learning rate, cadence) are
-  accepted. Accepted changes are appended to `<workdir>/config_changes.json` (time, step, key:
-  [old, new]) and config.json is rewritten to describe the checkpoints written from now on.
+  leaves nothing to keep). With checkpoints, a different model config (model keys other than
+  MODEL_TRAINING_KEYS, and DATA_MODEL_KEYS) raises ConfigChangeError listing each key, old and
+  new value, unless config.allow_config_change; training-only changes (total_steps, learning
+  rate, cadence, remat, ...) are accepted. Accepted changes are appended to
+  `<workdir>/config_changes.json` (time, step resumed, key: [old, new]) and config.json is
+  rewritten to describe the checkpoints written from now on. The loop checks before restoring
+  and writes only once a checkpoint restored.
   """
   path = os.path.join(workdir, ckpt_lib.CONFIG_FILE)
   new = json.loads(config.to_json_best_effort())
   if resumed_step is None or not os.path.exists(path):
-    ckpt_lib.write_config(workdir, config)
+    if write:
+      ckpt_lib.write_config(workdir, config)
     return {}
   try:
     with open(path) as f:
@@ -575,7 +608,9 @@ def reconcile_config(config: ml_collections.ConfigDict, workdir: str, resumed_st
     raise ValueError(f"{path} of the run being resumed is unreadable ({e}); restore it or start "
                      "a new workdir") from e
   changes = config_differences(old, new)
-  model_changes = {k: v for k, v in changes.items() if k.startswith(MODEL_KEY_PREFIXES)}
+  model_changes = {k: v for k, v in changes.items()
+                   if (k.startswith("model.") and k not in MODEL_TRAINING_KEYS)
+                   or k in DATA_MODEL_KEYS}
   if model_changes and not config.allow_config_change:
     lines = "\n".join(f"  {k}: {o!r} in the workdir, {n!r} now" for k, (o, n) in model_changes.items())
     raise ConfigChangeError(
@@ -583,14 +618,17 @@ def reconcile_config(config: ml_collections.ConfigDict, workdir: str, resumed_st
         f"(step {resumed_step}):\n{lines}\nUse a new workdir (with config.init_from={workdir!r} "
         "to start from these weights), or pass --config.allow_config_change=True to resume with "
         f"the change (recorded in {CONFIG_CHANGES_FILE}).")
-  if changes and jax.process_index() == 0:
+  if changes and write and jax.process_index() == 0:
     record_path = os.path.join(workdir, CONFIG_CHANGES_FILE)
     records = []
     if os.path.exists(record_path):
-      with open(record_path) as f:
-        records = json.load(f)
+      try:
+        with open(record_path) as f:
+          records = json.load(f)
+      except (OSError, ValueError) as e:
+        raise ValueError(f"{record_path} is unreadable ({e}); move it away to resume") from e
     records.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": int(resumed_step),
-                    "changes": {k: list(v) for k, v in changes.items()}})
+                    "changes": {k: [_jsonable(o), _jsonable(n)] for k, (o, n) in changes.items()}})
     _write_json_atomic(record_path, records)
     ckpt_lib.write_config(workdir, config)
     logging.info("config changes at step %d recorded in %s: %s", resumed_step, record_path,
@@ -611,10 +649,25 @@ def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
   model = models.build(config.model)
   manager = ckpt_lib.checkpoint_manager(workdir, max_to_keep=None)  # rotation: `health` below
   try:
-    reconcile_config(config, workdir, manager.latest_step())
-  except BaseException:
-    manager.close()
-    raise
+    return _run(config, workdir, manager, stop_at_step, step_callback)
+  finally:
+    try:
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error("finishing the checkpoint saves of %s: %s", manager.directory,
+                    ckpt_lib._cause(e))  # reported as CheckpointSaveError where it matters
+    try:
+      manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error("closing the checkpoint manager of %s: %s", manager.directory,
+                    ckpt_lib._cause(e))
+
+
+def _run(config, workdir, manager, stop_at_step, step_callback):
+  from deeplax import data as data_lib  # the data pipeline imports TensorFlow
+  is_main = jax.process_index() == 0
+  model = models.build(config.model)
+  reconcile_config(config, workdir, manager.latest_step(), write=False)  # refuses before restoring
   train_iter = data_lib.create_train_iterator(config, process_index=jax.process_index(),
                                               process_count=jax.process_count())
   start_data_state = train_iter.get_state()
@@ -638,7 +691,9 @@ def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
                       "(moved to %s)", step, [s for s, _ in skipped],
                       os.path.join(workdir, "broken_checkpoints"))
     logging.info("resumed from %s at step %d", manager.directory, step)
+    reconcile_config(config, workdir, step)
   else:
+    reconcile_config(config, workdir, None)
     divergence_state = None
     train_iter.set_state(start_data_state)
     if config.init_from:
@@ -666,14 +721,14 @@ def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
   history = {"train": [], "eval": [], "preempted": False, "init_report": init_report}
   total = int(config.total_steps)
   last_step_saved = manager.latest_step()
-  host_state = parallel.get_state(state)
   test = divergence.DivergenceTest(
       float(config.divergence.factor), int(config.divergence.window),
-      initial_param_norm=float(optax.tree.norm(jax.device_get(host_state["params"]))))
-  if divergence_state is not None:
-    test.load_state(divergence_state)
+      initial_param_norm=float(optax.tree.norm(jax.device_get(parallel.get_state(state)["params"]))))
   health = divergence.CheckpointHealth(manager.all_steps(), int(config.divergence.confirm_steps),
                                        None if config.max_to_keep is None else int(config.max_to_keep))
+  if divergence_state is not None:
+    test.load_state(divergence_state)
+    health.resume(divergence_state.get("pending", []))
 
   def check_saves(step_, wait=False):
     """Raises CheckpointSaveError if a background save failed (checked every step)."""
@@ -691,20 +746,30 @@ def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
   def save(step_, force=False):
     nonlocal last_step_saved
     try:
-      data_state = dict(train_iter.get_state(), **{divergence.DATA_KEY: test.state()})
-      ckpt_lib.save_train_state(manager, step_, parallel.get_state(state), data_state, force=force)
+      divergence_state = dict(test.state(), pending=health.pending_after_saving(step_))
+      data_state = dict(train_iter.get_state(), **{divergence.DATA_KEY: divergence_state})
+      saved = ckpt_lib.save_train_state(manager, step_, parallel.get_state(state), data_state,
+                                        force=force)
     except Exception as e:
       raise CheckpointSaveError(
           f"saving checkpoint {step_} to {manager.directory} failed ({ckpt_lib._cause(e)}); "
           f"training stopped. The last complete checkpoint is step {ckpt_lib.latest_step(workdir)}; "
           "free space or fix the directory, then relaunch to resume from it.") from e
+    if not saved:
+      logging.warning("orbax did not save step %d in %s (a checkpoint of that step exists?)",
+                      step_, manager.directory)
+      return
     last_step_saved = step_
     health.saved(step_)
     rotate()
 
   def rotate():
     for old_step in health.to_delete():
-      manager.delete(old_step)
+      try:
+        manager.delete(old_step)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("could not delete the old checkpoint %d in %s: %s", old_step,
+                        manager.directory, ckpt_lib._cause(e))
 
   def stop_diverged(reason, step_):
     try:
@@ -713,23 +778,30 @@ def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
       pass  # a failed save is one more unconfirmed checkpoint: it is absent anyway
     moved_dir = os.path.join(workdir, "diverged_checkpoints")
     moved = [s_ for s_ in health.pending if os.path.isdir(os.path.join(manager.directory, str(s_)))]
+    failed = []
     if moved and is_main:
-      os.makedirs(moved_dir, exist_ok=True)
       for s_ in moved:
-        dest = os.path.join(moved_dir, str(s_))
-        if os.path.exists(dest):
-          dest += f".{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(os.path.join(manager.directory, str(s_)), dest)
+        try:
+          ckpt_lib.move_aside(os.path.join(manager.directory, str(s_)), moved_dir)
+        except OSError as e:
+          failed.append(f"{s_} ({e})")
+    ckpt_lib.sync_processes("deeplax_diverged_checkpoints_moved")
     health.pending = []
     manager.reload()
     good = health.last_good
-    where = (f"The last good checkpoint is step {good} in {manager.directory}" if good is not None
-             else f"No checkpoint of this run is known to be healthy ({manager.directory} holds none)")
+    if good is not None:
+      where = (f"The last good checkpoint is step {good} in {manager.directory}; lower "
+               "config.learning_rate or check the input data, then relaunch to resume from it "
+               "(a config.grad_clip_norm, momentum or weight_decay switched on or off changes the "
+               "optimizer state: start such a run in a new workdir with config.init_from)")
+    else:
+      where = (f"No checkpoint of this run is known to be healthy; lower config.learning_rate "
+               "or check the input data and relaunch (it starts from the beginning)")
     moved_text = (f" The checkpoints {moved}, not yet followed by {health.confirm_steps} healthy "
                   f"steps, were moved to {moved_dir}." if moved else "")
-    raise TrainingDivergedError(
-        f"{reason}; training stopped. {where}.{moved_text} Lower config.learning_rate, set "
-        "config.grad_clip_norm or check the input data, then relaunch to resume from it.")
+    if failed:
+      moved_text += f" Moving these failed: {', '.join(failed)}."
+    raise TrainingDivergedError(f"{reason}; training stopped.{moved_text} {where}.")
 
   def run_eval(step_):
     host_vars = parallel.get_state(state)
@@ -810,17 +882,15 @@ def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
           logging.info("stopping at step %d (%s); checkpoint saved", step,
                        "SIGTERM" if sigterm.requested else "stop_at_step")
           break
-      health.confirm_all()  # ended without divergence: its last checkpoints are its result
+      if step >= total:
+        health.confirm_all()  # reached total_steps healthy: its last checkpoints are its result
       check_saves(step, wait=True)
       rotate()
     finally:
-      try:
-        manager.wait_until_finished()
-        manager.close()
-      except Exception as e:  # pylint: disable=broad-except
-        logging.error("closing the checkpoint manager of %s: %s", manager.directory,
-                      ckpt_lib._cause(e))  # reported above as CheckpointSaveError if it matters
       if writer is not None:
-        writer.close()
+        try:
+          writer.close()
+        except Exception as e:  # pylint: disable=broad-except
+          logging.error("closing the TensorBoard writer of %s: %s", workdir, ckpt_lib._cause(e))
   history["step"] = step
   return history

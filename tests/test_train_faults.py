@@ -56,9 +56,17 @@ def _assert_close(a, b, **tol):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
 
 
+def test_a_stopped_run_keeps_its_unconfirmed_checkpoints_unconfirmed(healthy):
+  """Stopped at 20 (as a preemption): 16..20 are not yet followed by 5 healthy steps, so rotation
+  (max_to_keep=3) kept 13..15 beside them and checkpoint 20 lists them as pending."""
+  assert sorted(int(s) for s in os.listdir(os.path.join(healthy, "checkpoints"))) == list(range(13, 21))
+  data = json.load(open(os.path.join(healthy, "checkpoints", "20", "data", "metadata")))
+  assert data["divergence"]["pending"] == [16, 17, 18, 19, 20]
+  assert len(data["divergence"]["losses"]) == HEALTHY_STEPS
+
+
 def test_divergence_keeps_the_last_healthy_checkpoint_and_a_restart_recovers(config, healthy, tmp_path):
   reference = _copy(healthy, tmp_path / "reference")
-  params_20 = _params(reference, HEALTHY_STEPS)
   train.train_and_evaluate(config, reference)  # never diverged: steps 21..40 at lr 0.1
 
   workdir = _copy(healthy, tmp_path / "diverged")
@@ -67,25 +75,47 @@ def test_divergence_keeps_the_last_healthy_checkpoint_and_a_restart_recovers(con
   with pytest.raises(train.TrainingDivergedError, match=r"above 10 x the median") as info:
     train.train_and_evaluate(wild, workdir)
   diverged_at = int(re.search(r"(?:at|after) step (\d+)", str(info.value)).group(1))
-  # lr 300 takes over at step 21; it must be caught before any of its checkpoints is confirmed
-  # (5 healthy steps after it), so the last good checkpoint is the one written before it.
+  # lr 300 takes over at step 21 and must be caught within 6 steps; the last good checkpoint is
+  # then the newest followed by 5 healthy steps, one written before lr 300 took over.
   assert diverged_at <= HEALTHY_STEPS + 6, info.value
-  assert f"last good checkpoint is step {HEALTHY_STEPS}" in str(info.value)
-  assert ckpt_lib.latest_step(workdir) == HEALTHY_STEPS
-  _assert_close(_params(workdir), params_20, rtol=0, atol=0)
+  good = diverged_at - 6
+  assert f"last good checkpoint is step {good}" in str(info.value)
+  assert ckpt_lib.latest_step(workdir) == good
+  _assert_close(_params(workdir), _params(healthy, good), rtol=0, atol=0)
   # The healthy checkpoints were not rotated out by the diverged ones (max_to_keep=3) ...
-  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [18, 19, 20]
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == \
+      [good - 2, good - 1, good]
   # ... which are kept aside, out of the resume path.
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "diverged_checkpoints"))) == \
-      list(range(HEALTHY_STEPS + 1, diverged_at))
+      list(range(good + 1, diverged_at))
 
-  # A restart with the original lr continues from step 20 exactly as the run that never diverged.
+  # A restart with the original lr continues as the run that never diverged.
   history = train.train_and_evaluate(config, workdir)
   assert history["step"] == 40
   _assert_close(_params(workdir), _params(reference), rtol=1e-5, atol=1e-6)
   changes = json.load(open(os.path.join(workdir, train.CONFIG_CHANGES_FILE)))
   assert [c["changes"]["learning_rate"] for c in changes] == [[0.1, 300.0], [300.0, 0.1]]
-  assert [c["step"] for c in changes] == [HEALTHY_STEPS, HEALTHY_STEPS]
+  assert [c["step"] for c in changes] == [HEALTHY_STEPS, good]
+
+
+def test_defaults_and_training_only_model_keys_are_not_model_changes(config, tmp_path):
+  """An older config.json without keys of today's defaults, and remat / freeze_bn / dtype
+  changes, resume; an ASPP width change does not."""
+  prepared = train.prepare_config(config)
+  old = json.loads(prepared.to_json_best_effort())
+  del old["divergence"], old["allow_config_change"], old["model"]["remat"], old["model"]["aspp_rates"]
+  workdir = str(tmp_path / "older")
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(old, f)
+  assert train.reconcile_config(prepared, workdir, 5, write=False) == {}
+  new = prepared.copy_and_resolve_references()
+  new.model.remat, new.model.freeze_bn, new.model.dtype = True, True, "bfloat16"
+  assert set(train.reconcile_config(new, workdir, 5, write=False)) == {
+      "model.remat", "model.freeze_bn", "model.dtype"}
+  new.model.aspp_features = 32
+  with pytest.raises(train.ConfigChangeError, match="model.aspp_features: 16 in the workdir, 32 now"):
+    train.reconcile_config(new, workdir, 5, write=False)
 
 
 def test_changed_model_config_is_refused_unless_allowed_and_recorded(config, healthy, tmp_path):

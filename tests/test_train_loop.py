@@ -110,8 +110,8 @@ def test_nan_loss_stops_with_last_good_checkpoint(config, tmp_path, monkeypatch)
   workdir = str(tmp_path / "nan")
   # Checkpoint 16 is not yet followed by config.divergence.confirm_steps=5 healthy steps: it is
   # moved out of the resume path; 8 is the last good one.
-  with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step 20.*last good "
-                     r"checkpoint is step 8.*checkpoints \[16\].*moved to"):
+  with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step 20.*checkpoints "
+                     r"\[16\].*moved to.*last good checkpoint is step 8"):
     train.train_and_evaluate(config, workdir)
   assert ckpt_lib.latest_step(workdir) == 8
   assert os.listdir(os.path.join(workdir, "diverged_checkpoints")) == ["16"]

@@ -1,7 +1,7 @@
 """Fully-connected CRF of DeepLab v1/v2 (v2 §3.3) in jax.numpy: mean field on permutohedral lattices.
 
-dense_crf / dense_crf_batch: checked marginals; dense_crf_core / dense_crf_batch_core: unchecked,
-jittable; DenseCRF: end-to-end (CRF-as-RNN) flax layer; python -m deeplax.crf.search: v2 §4.1
+dense_crf / dense_crf_batch: checked marginals; dense_crf_core / dense_crf_batch_core: jittable,
+only the image's shape and dtype checked; DenseCRF: end-to-end (CRF-as-RNN) flax layer; python -m deeplax.crf.search: v2 §4.1
 cross-validation of w1, σα, σβ; dense_crf_exact: the O(N^2) reference; deeplax.crf.densecrf and
 deeplax.crf.utils: pydensecrf's API (change the two imports).
 """

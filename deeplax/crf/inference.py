@@ -8,7 +8,7 @@ own message (j = i), the Potts term is applied as +w [K Q](i, l) (equal to the P
 v2 §3.3 up to a per-pixel constant, which the softmax removes), and the lattice is built once
 per image and reused by every iteration.
 
-`mean_field` / `dense_crf_core` are jittable and unchecked; `dense_crf` (also jittable) and
+`mean_field` / `dense_crf_core` are jittable and check only the image's shape and dtype; `dense_crf` (also jittable) and
 `dense_crf_batch` check their inputs first and never return an overflowed lattice's result. The iterations filter in
 reused lattice tables (a workspace carried through the loop); called eagerly, `dense_crf_core`
 also keeps the tables of the latest image size for the next call (`release_workspaces` frees

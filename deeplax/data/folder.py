@@ -103,7 +103,9 @@ def _fingerprint(root, pairs, class_names) -> str:
 class DeeplaxFolder(tfds.core.GeneratorBasedBuilder):
   """Images and PNG class-id masks from a folder (see module doc); one config per folder state."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "images of any PIL mode read by deeplax.images (16-bit scaled, not "
+                            "clipped)", "1.0.0": "first release"}
 
   def __init__(self, *, root_dir, num_classes: Optional[int] = None, **kwargs):
     self.root_dir = os.path.abspath(os.fspath(root_dir))
