@@ -730,13 +730,27 @@ def _run(config, workdir, manager, stop_at_step, step_callback):
     test.load_state(divergence_state)
     health.resume(divergence_state.get("pending", []))
 
-  def check_saves(step_, wait=False):
-    """Raises CheckpointSaveError if a background save failed (checked every step)."""
+  def check_saves(step_, wait=False, collective=False):
+    """Raises CheckpointSaveError if a background save failed (checked every step). With
+    `collective` (at points every process reaches: before each scheduled save, at the end) the
+    processes of a multi-host run agree, so none enters the next save's barrier alone (there
+    only the collective checks run: one process stopping alone would leave the others waiting)."""
+    if jax.process_count() > 1 and not collective:
+      return
+    error = None
     try:
       if wait:
         manager.wait_until_finished()
       manager.check_for_errors()
     except Exception as e:  # the save thread's exception, whatever its type
+      error = e
+    if collective and jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None))).ravel()
+      if error is None and failed.any():
+        error = RuntimeError(f"a save failed on process(es) {np.nonzero(failed)[0].tolist()}")
+    if error is not None:
+      e = error
       raise CheckpointSaveError(
           f"saving a checkpoint to {manager.directory} failed ({ckpt_lib._cause(e)}); training "
           f"stopped at step {step_}. The last complete checkpoint is step "
@@ -869,6 +883,7 @@ def _run(config, workdir, manager, stop_at_step, step_callback):
             for k in ("loss", "learning_rate", "grad_norm", "images_per_sec"):
               writer.scalar(f"train/{k}", entry[k], step)
         if step % int(config.checkpoint_every_steps) == 0 or step == total:
+          check_saves(step, collective=True)
           save(step)
         if step % int(config.eval_every_steps) == 0 or step == total:
           run_eval(step)
@@ -884,7 +899,7 @@ def _run(config, workdir, manager, stop_at_step, step_callback):
           break
       if step >= total:
         health.confirm_all()  # reached total_steps healthy: its last checkpoints are its result
-      check_saves(step, wait=True)
+      check_saves(step, wait=True, collective=True)
       rotate()
     finally:
       if writer is not None:
