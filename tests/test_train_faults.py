@@ -163,34 +163,20 @@ def test_invalid_config_writes_nothing_and_a_fixed_relaunch_replaces_a_stale_con
   assert json.load(open(os.path.join(workdir, "config.json")))["model"]["output_stride"] == 8
 
 
-class _LabelAfter:
-  """Wraps the real train iterator; batch `n` gets label value `value` in one pixel."""
-
-  def __init__(self, inner, n, value):
-    self.inner, self.n, self.value, self.count = inner, n, value, 0
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    batch = dict(next(self.inner))
-    self.count += 1
-    if self.count == self.n:
+def _label_at(n, value):
+  """Batch `n` gets label `value` in one pixel."""
+  def edit(count, batch):
+    if count == n:
       batch["label"] = np.array(batch["label"])
-      batch["label"][1, 3, 4] = self.value
+      batch["label"][1, 3, 4] = value
     return batch
-
-  def get_state(self):
-    return self.inner.get_state()
-
-  def set_state(self, state):
-    self.inner.set_state(state)
+  return edit
 
 
 def test_labels_beyond_num_classes_stop_the_run_before_the_step_is_applied(config, tmp_path, monkeypatch):
   real = data_lib.create_train_iterator
   monkeypatch.setattr(data_lib, "create_train_iterator",
-                      lambda *a, **k: _LabelAfter(real(*a, **k), n=4, value=7))  # 1st: shape probe
+                      lambda *a, **k: train_configs.EditedBatches(real(*a, **k), _label_at(4, 7)))
   workdir = str(tmp_path / "labels")
   with pytest.raises(ValueError, match=r"batch of step 3 has 1 label pixels outside "
                      r"\[0, config.model.num_classes=5\).*largest: 7\); the step was not applied"):

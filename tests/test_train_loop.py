@@ -80,33 +80,19 @@ def test_resume_continues_exactly(config, full_run, tmp_path):
   assert data_state(workdir) == data_state(full_dir)
 
 
-class _NaNAfter:
-  """Wraps the real train iterator; from batch `n` on, images contain NaN."""
-
-  def __init__(self, inner, n):
-    self.inner, self.n, self.count = inner, n, 0
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    batch = dict(next(self.inner))
-    self.count += 1
-    if self.count >= self.n:
+def _nan_from(n):
+  """From batch `n` on, images contain NaN."""
+  def edit(count, batch):
+    if count >= n:
       batch["image"] = np.full_like(batch["image"], np.nan)
     return batch
-
-  def get_state(self):
-    return self.inner.get_state()
-
-  def set_state(self, state):
-    self.inner.set_state(state)
+  return edit
 
 
 def test_nan_loss_stops_with_last_good_checkpoint(config, tmp_path, monkeypatch):
   real = data_lib.create_train_iterator
   monkeypatch.setattr(data_lib, "create_train_iterator",
-                      lambda *a, **k: _NaNAfter(real(*a, **k), n=21))  # the first is a shape probe
+                      lambda *a, **k: train_configs.EditedBatches(real(*a, **k), _nan_from(21)))
   workdir = str(tmp_path / "nan")
   # Checkpoint 16 is not yet followed by config.divergence.confirm_steps=5 healthy steps: it is
   # moved out of the resume path; 8 is the last good one.

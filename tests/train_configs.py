@@ -42,3 +42,24 @@ def compilation_cache_dir(tmp_path_factory):
   yield
   jax.config.update("jax_compilation_cache_dir", None)
   compilation_cache.reset_cache()
+
+
+class EditedBatches:
+  """Wraps a train iterator (state and all); `edit(count, batch)` may change batch `count`
+  (1-based; the loop's first batch is a shape probe, so step s reads batch s + 1)."""
+
+  def __init__(self, inner, edit):
+    self.inner, self.edit, self.count = inner, edit, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    self.count += 1
+    return self.edit(self.count, dict(next(self.inner)))
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state):
+    self.inner.set_state(state)
