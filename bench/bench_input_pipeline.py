@@ -10,6 +10,13 @@ of the DeepLab papers (v3 §4.1: random scale [0.5, 2.0], pad, crop 513, flip, n
 
   python bench/bench_input_pipeline.py [--num_images 96] [--batch_size 8] [--seconds 20]
                                        [--peer_python /tmp/peer-torch/bin/python]
+
+With --builders N it instead compares the dataset builders per example: the ADE20K builder
+(deeplax.data.ade20k) against the VOC builder on N fabricated images each (ADE20K: 20,210 +
+2,000 in the release; fabricated size 48x64), both the tfds preparation (files -> ArrayRecord)
+and the training pipeline's read (decode + augment, crop 49) in examples/s:
+
+  python bench/bench_input_pipeline.py --builders 22210 [--seconds 10]
 """
 
 import argparse
@@ -93,7 +100,12 @@ def main():
   parser.add_argument("--seconds", type=float, default=20)
   parser.add_argument("--peer_python", default="/tmp/peer-torch/bin/python")
   parser.add_argument("--peer_worker", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--builders", type=int, default=0,
+                      help="compare the ADE20K and VOC builders on this many records each")
   args = parser.parse_args()
+  if args.builders:
+    compare_builders(args.builders, args.batch_size, args.seconds)
+    return
   if args.peer_worker:
     root, ids = json.loads(args.peer_worker)
     peer_worker(root, ids, args.batch_size, args.seconds)
@@ -156,6 +168,52 @@ def main():
   if peer:
     print(f"  torch DataLoader ({os.cpu_count()} workers) {peer['examples_per_s']:7.1f} "
           f"examples/s  (torch {peer['torch']})")
+  print("  load average (1, 5, 15 min) at the end: " +
+        ", ".join(f"{v:.1f}" for v in os.getloadavg()))
+
+
+def compare_builders(num_records, batch_size, seconds, size=(48, 64)):
+  """Per-example preparation and read speed of the ADE20K builder vs the VOC builder."""
+  from deeplax import defaults  # pylint: disable=g-import-not-at-top
+  import deeplax.data as data  # pylint: disable=g-import-not-at-top
+  from deeplax.data import fabricate  # pylint: disable=g-import-not-at-top
+
+  work = tempfile.mkdtemp(prefix="bench_builders_")
+  num_val = max(1, round(num_records * 2000 / 22210))
+  num_train = num_records - num_val
+  rows = {}
+  for name in ("voc", "ade20k"):
+    root = os.path.join(work, name)
+    if name == "voc":
+      ids = [f"2012_{i:06d}" for i in range(num_records)]
+      fabricate.fabricate_voc(root, ids[:num_train], ids[num_train:], [], [], size=size)
+    else:
+      fabricate.fabricate_ade20k(root, counts={"training": num_train, "validation": num_val},
+                                 size=size)
+    config = defaults.get_base_config()
+    config.batch_size = batch_size
+    config.data.update(name=name, manual_dir=root, data_dir=os.path.join(work, "tfds_" + name),
+                       train_split="train", crop_size=49, min_scale=0.5, max_scale=2.0)
+    t = time.perf_counter()
+    builder = data.prepared_builder(config.data)
+    prepared = time.perf_counter() - t
+    records = sum(s.num_examples for s in builder.info.splits.values())
+    it = data.create_train_iterator(config, process_index=0, process_count=1)
+    read = _measure(lambda: next(it), batch_size, seconds)
+    rows[name] = (records, prepared, read)
+    shutil.rmtree(root, ignore_errors=True)
+  shutil.rmtree(work, ignore_errors=True)
+  print(f"\nBuilders on {num_records} fabricated {size[0]}x{size[1]} images each "
+        f"({num_train} train + {num_val} val), {os.cpu_count()} CPU cores:")
+  print("  (VOC writes every image into several splits: train, val, trainval, train_aug)")
+  print(f"  {'dataset':<8} {'records':>8} {'prepare (s)':>12} {'ms/record':>10} "
+        f"{'read examples/s':>16}")
+  for name, (records, prepared, read) in rows.items():
+    print(f"  {name:<8} {records:8d} {prepared:12.1f} {1000 * prepared / records:10.3f} "
+          f"{read:16.1f}")
+  (voc_n, voc_t, voc_r), (ade_n, ade_t, ade_r) = rows["voc"], rows["ade20k"]
+  print(f"  ade20k / voc: time per record x{(ade_t / ade_n) / (voc_t / voc_n):.2f}, "
+        f"read speed x{ade_r / voc_r:.2f}")
   print("  load average (1, 5, 15 min) at the end: " +
         ", ".join(f"{v:.1f}" for v in os.getloadavg()))
 

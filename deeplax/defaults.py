@@ -63,11 +63,15 @@ def data_config() -> ml_collections.ConfigDict:
   """`config.data`: which dataset and how to feed it (read by `deeplax.data`). Defaults suit the
   built-in shapes data. Here, not in `deeplax.data`, so configs load without TensorFlow."""
   c = ml_collections.ConfigDict()
-  c.name = "shapes"  # 'shapes' | 'voc' | 'cityscapes' | 'folder'
+  # 'shapes' | 'voc' | 'cityscapes' | 'pascal_context' | 'person_part' | 'ade20k' | 'folder'
+  c.name = "shapes"
   # tfds data directory the builders write to and read from ($TFDS_DATA_DIR if set).
   c.data_dir = os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
-  # Source files: VOC (holds VOCdevkit/ and benchmark_RELEASE/), Cityscapes (holds leftImg8bit/
-  # and gtFine/), folder (holds images/ and labels/; see deeplax.data.folder). Unused by shapes.
+  # Source files, as the releases extract (each builder's module doc lists the layout): VOC
+  # (VOCdevkit/, benchmark_RELEASE/), Cityscapes (leftImg8bit/, gtFine/), PASCAL-Context
+  # (VOCdevkit/VOC2010/ + trainval/ or SegmentationClassContext/), PASCAL-Person-Part
+  # (VOCdevkit/VOC2010/ or pascal_person_part/), ADE20K (ADEChallengeData2016/), folder (images/,
+  # labels/; see deeplax.data.folder). Unused by shapes.
   c.manual_dir = ml_collections.config_dict.placeholder(str)
   c.train_split = "train"  # VOC: 'train_aug' in the papers (v2 §4.1, v3 §4); 'trainval'
   c.eval_split = "val"
@@ -79,6 +83,15 @@ def data_config() -> ml_collections.ConfigDict:
   c.min_scale = 0.75
   c.max_scale = 1.25
   c.random_flip = True
+  # Resize every image and label (training and evaluation) before anything else, as the official
+  # TF DeepLab flags of these names do (deeplax.data.augment.resize_to_range_size): the shorter
+  # side to min_resize_value unless the longer would exceed max_resize_value, sides then made
+  # resize_factor * k + 1. The official ADE20K settings: 513, 513, 16 (g3doc/ade20k.md), so
+  # mIoU is measured on resized labels, as the official evaluation does. None: native sizes
+  # (the papers' VOC protocol).
+  c.min_resize_value = ml_collections.config_dict.placeholder(int)
+  c.max_resize_value = ml_collections.config_dict.placeholder(int)
+  c.resize_factor = ml_collections.config_dict.placeholder(int)
   c.normalization = "imagenet"  # 'imagenet' (torchvision mean/std) | 'inception' ([-1, 1])
   # Evaluation: pad every image (bottom/right) to eval_pad_size x eval_pad_width for static
   # shapes (VOC: 513; Cityscapes: 1024 x 2048); width None = square. eval_pad_size None = batch
@@ -87,6 +100,12 @@ def data_config() -> ml_collections.ConfigDict:
   c.eval_pad_width = ml_collections.config_dict.placeholder(int)
   c.eval_batch_size = 8  # global, over all processes; divided by the process count
   c.ignore_label = 255  # the label value of ignored pixels in the batches
+  # True: the model has one more class, 0 = 'other', for the pixels the dataset ignores, and the
+  # dataset's class c is the model's class c + 1. The official TF DeepLab ADE20K checkpoints are
+  # built so (151 classes, label 0 ignored). 'other' never occurs in the ground truth; a pixel
+  # predicted 'other' is a miss of its true class, and mIoU averages the dataset's classes only
+  # (deeplax.metrics void classes), so it is the 150-class mIoU of ADE20K.
+  c.other_class = False
   # Hard-image bootstrapping (v3 §4.3): training images containing any of these classes (names
   # or ids; paper: bicycle, chair, diningtable, pottedplant, sofa) appear bootstrap_repeats
   # times per epoch instead of once.
@@ -134,4 +153,56 @@ def voc_v3_training(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   config.loss.target_mode = "upsample_logits"
   config.checkpoint_every_steps = 2000
   config.eval_every_steps = 5000
+  return config
+
+
+def v2_resnet101(config: ml_collections.ConfigDict, num_classes: int,
+                 aspp_rates=(6, 12, 18, 24)) -> ml_collections.ConfigDict:
+  """DeepLab-v2 on ResNet-101 and its training recipe (v2 §4.1.2, §4.2), on PASCAL VOC 2012.
+
+  Model: output_stride 8, ASPP-L (6, 12, 18, 24) or LargeFOV (12,) as one 3x3 atrous conv per
+  branch straight to the class scores, backbone BN frozen (the released Caffe ResNet-101),
+  'torchvision' layout (the closest to the MSRA ResNet-101; see configs/deeplab_v2_aspp_l.py).
+  Training: trainaug, 321x321 crops, random scaling 0.5-1.5 and flips (v2 §4.3 (3)), batch 10,
+  20K iterations of "poly" (power 0.9) from lr 2.5e-4 with 10x on the ASPP classifier branches,
+  momentum 0.9, weight decay 5e-4 (kernels only), ground truth subsampled to the scores,
+  multi-scale input training on {1, 0.75, 0.5} with max fusion (v2 §3.2, "MSC").
+  Other datasets' configs change config.data after this.
+  """
+  from deeplax.models import common  # pylint: disable=g-import-not-at-top
+  config.model = common.base_model_config()
+  m = config.model
+  m.name = "deeplab_v2"
+  m.backbone = "resnet101"
+  m.num_classes = num_classes
+  m.output_stride = 8            # "every 8 pixels" (v2 §1, §3.1)
+  m.freeze_bn = True
+  m.align_corners = True
+  m.resnet_layout = "torchvision"
+  m.multi_grid = (1, 1, 1)
+  m.num_cascaded_blocks = 0
+  m.aspp_rates = tuple(aspp_rates)  # ASPP-L (v2 §4.1, Table 3); (12,) = LargeFOV
+  m.aspp_rates_output_stride = 8 # the rates are for output_stride 8
+  m.aspp_v2_features = 0         # 0: one 3x3 conv per branch straight to the classes
+  m.aspp_v2_dropout = 0.5
+  config.data = data_config()
+  config.data.name = "voc"
+  config.data.train_split = "train_aug"
+  config.data.eval_split = "val"
+  config.data.crop_size = 321
+  config.data.min_scale = 0.5
+  config.data.max_scale = 1.5
+  config.data.eval_pad_size = 513
+  config.batch_size = 10
+  config.total_steps = 20000
+  config.learning_rate = 2.5e-4
+  config.lr_schedule = "poly"
+  config.momentum = 0.9
+  config.weight_decay = 5e-4
+  config.classifier_lr_mult = 10.0
+  config.classifier_pattern = r"^aspp/"
+  config.loss.target_mode = "downsample_labels"
+  config.train_scales = (1.0, 0.75, 0.5)
+  config.checkpoint_every_steps = 2000
+  config.eval_every_steps = 2000
   return config

@@ -23,17 +23,19 @@ from deeplax import inference
 from deeplax import metrics
 
 
-def _class_names(config: ml_collections.ConfigDict):
+def _classes(config: ml_collections.ConfigDict):
+  """(class names, void classes) of the dataset as the model sees it (numbers if unknown); the
+  void classes follow data.other_class even when the names are unknown."""
+  from deeplax import data
   num_classes = int(config.model.num_classes)
+  void_classes = (0,) if data.input_pipeline.other_class(config.data) else ()
   try:
-    from deeplax import data
     info = data.dataset_info(config.data)
-    names = info["class_names"] if isinstance(info, Mapping) else getattr(info, "class_names")
-    if names is not None and len(names) == num_classes:
-      return list(names)
+    if len(info.class_names) == num_classes:
+      return list(info.class_names), void_classes
   except (ImportError, AttributeError, KeyError, ValueError):
     pass
-  return [str(i) for i in range(num_classes)]
+  return [str(i) for i in range(num_classes)], void_classes
 
 
 def _denormalize(config: ml_collections.ConfigDict, images_NHWC: np.ndarray) -> np.ndarray:
@@ -58,6 +60,7 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
   from deeplax import data
   num_classes = int(config.model.num_classes)
   ignore = int(config.data.get("ignore_label", 255))
+  class_names, void_classes = _classes(config)
   strategy = strategy or inference.strategy_for(config.model)
   predict_fn = inference.make_predict_fn(config.model, strategy, output_stride)
   variables = jax.device_put({k: variables[k] for k in ("params", "batch_stats") if k in variables})
@@ -91,28 +94,27 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
     num_images += int(mask.reshape(mask.shape[0], -1).any(axis=1).sum())
     if progress:
       elapsed = time.perf_counter() - start
-      m = metrics.segmentation_metrics(confusion)
+      m = metrics.segmentation_metrics(confusion, void_classes=void_classes)
       log(f"eval batch {i + 1}: {num_images} images, {num_images / elapsed:.2f} img/s, "
           f"running mIoU {100 * m['miou']:.2f}")
   if num_images == 0:
     raise ValueError(f"split {split!r} of dataset {config.data.get('name')!r} produced no images")
-  class_names = _class_names(config)
   results: Dict[str, Any] = {
       "dataset": config.data.get("name", None),
       "split": split or config.data.get("eval_split", None), "num_images": num_images,
       "output_stride": int(output_stride or config.model.output_stride),
       "strategy": dataclasses.asdict(strategy),
-      "metrics": _summary(confusion, class_names),
+      "metrics": _summary(confusion, class_names, void_classes),
       "confusion_matrix": confusion.tolist(),
   }
   if widths:
-    results["trimap"] = _trimap_summary(trimap, widths)
+    results["trimap"] = _trimap_summary(trimap, widths, void_classes)
   if crf is not None:
     results["crf"] = {"params": _jsonable(getattr(crf, "params", None)),
                       "num_iters": int(crf.num_iters),
-                      "metrics": _summary(crf_confusion, class_names)}
+                      "metrics": _summary(crf_confusion, class_names, void_classes)}
     if widths:
-      results["crf"]["trimap"] = _trimap_summary(crf_trimap, widths)
+      results["crf"]["trimap"] = _trimap_summary(crf_trimap, widths, void_classes)
   return results
 
 
@@ -135,15 +137,16 @@ def _crf_batch(config, crf, scores_NHWC, images_NHWC, batch) -> np.ndarray:
   return out
 
 
-def _summary(confusion, class_names) -> Dict[str, Any]:
-  m = metrics.segmentation_metrics(confusion)
+def _summary(confusion, class_names, void_classes=()) -> Dict[str, Any]:
+  m = metrics.segmentation_metrics(confusion, void_classes=void_classes)
   return {"miou": m["miou"], "pixel_accuracy": m["pixel_accuracy"],
           "mean_accuracy": m["mean_accuracy"], "num_pixels": m["num_pixels"],
           "per_class_iou": dict(zip(class_names, m["per_class_iou"]))}
 
 
-def _trimap_summary(trimap, widths) -> Dict[str, Any]:
-  return {f"{w:g}": v for w, v in zip(widths, metrics.trimap_metrics(trimap, widths).values())}
+def _trimap_summary(trimap, widths, void_classes=()) -> Dict[str, Any]:
+  return {f"{w:g}": v
+          for w, v in zip(widths, metrics.trimap_metrics(trimap, widths, void_classes).values())}
 
 
 def _jsonable(x):

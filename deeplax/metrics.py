@@ -2,7 +2,10 @@
 
 mIoU as in the PASCAL VOC devkit used by the papers (v2 §4, v3 §4): IoU_c = TP / (TP + FP + FN)
 per class, averaged over the classes present in the ground truth or the predictions; pixels with
-the ignore label (255) or outside the valid mask do not count.
+the ignore label (255) or outside the valid mask do not count. "Void" classes are classes a model
+predicts that the ground truth never holds (the 'other' class 0 of the official TF DeepLab ADE20K
+checkpoints, `data.other_class`): a pixel predicted void is a miss of its true class (a false
+negative) and a false positive of no class; void classes are left out of the mean.
 """
 
 from typing import Optional, Sequence
@@ -25,17 +28,26 @@ def confusion_matrix(labels_NHW, preds_NHW, num_classes: int, mask_NHW=None,
   return counts.astype(jnp.int32).reshape(num_classes, num_classes)
 
 
-def segmentation_metrics(confusion, class_names: Optional[Sequence[str]] = None) -> dict:
-  """mIoU, per-class IoU (NaN where a class is in neither gt nor prediction), accuracies."""
+def segmentation_metrics(confusion, class_names: Optional[Sequence[str]] = None,
+                         void_classes: Sequence[int] = ()) -> dict:
+  """mIoU, per-class IoU (NaN where a class is in neither gt nor prediction, and for the
+  `void_classes`), accuracies."""
   cm = np.asarray(confusion, dtype=np.float64)
   if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
     raise ValueError(f"confusion matrix must be square [C, C]; got shape {cm.shape}")
+  void = np.asarray(void_classes, np.int64).reshape(-1)
+  if void.size and (void.min() < 0 or void.max() >= cm.shape[0]):
+    raise ValueError(f"void_classes {void.tolist()} outside [0, {cm.shape[0]})")
+  if void.size and cm[void].sum() > 0:
+    raise ValueError(f"void classes {void.tolist()} occur in the ground truth "
+                     f"({int(cm[void].sum())} pixels): a void class is one the labels never hold")
   tp = np.diag(cm)
   gt = cm.sum(axis=1)
   pred = cm.sum(axis=0)
   union = gt + pred - tp
   with np.errstate(divide="ignore", invalid="ignore"):
     iou = np.where(union > 0, tp / union, np.nan)
+    iou[void] = np.nan
     class_acc = np.where(gt > 0, tp / gt, np.nan)
   total = cm.sum()
   present = ~np.isnan(iou)
@@ -119,11 +131,12 @@ def trimap_confusion(labels_NHW, preds_NHW, num_classes: int, widths: Sequence[f
   return out
 
 
-def trimap_metrics(trimap_confusions, widths: Sequence[float]) -> dict:
+def trimap_metrics(trimap_confusions, widths: Sequence[float],
+                   void_classes: Sequence[int] = ()) -> dict:
   """{width: {'pixel_accuracy', 'miou', 'num_pixels'}} from `trimap_confusion` sums (v2 Fig. 10)."""
   result = {}
   for width, cm in zip(widths, np.asarray(trimap_confusions)):
-    m = segmentation_metrics(cm)
+    m = segmentation_metrics(cm, void_classes=void_classes)
     result[float(width)] = {"pixel_accuracy": m["pixel_accuracy"], "miou": m["miou"],
                             "num_pixels": m["num_pixels"]}
   return result

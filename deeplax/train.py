@@ -411,7 +411,8 @@ def evaluate(config, model, variables, *, mesh: Optional[Mesh] = None, split: Op
   confusion = np.asarray(jax.device_get(confusion))
   if confusion.sum() == 0:
     raise ValueError("evaluation saw no valid pixels (empty split or everything ignored)")
-  result = dict(metrics_lib.segmentation_metrics(confusion, class_names=info.class_names))
+  result = dict(metrics_lib.segmentation_metrics(confusion, class_names=info.class_names,
+                                                 void_classes=info.void_classes))
   result["confusion"] = confusion.tolist()
   return result
 
@@ -531,7 +532,7 @@ class CheckpointSaveError(RuntimeError):
 
 
 # Keys whose change alters what the checkpoints mean (model keys except MODEL_TRAINING_KEYS).
-DATA_MODEL_KEYS = ("data.name", "data.normalization", "data.ignore_label")
+DATA_MODEL_KEYS = ("data.name", "data.normalization", "data.ignore_label", "data.other_class")
 # Model fields that change how a model trains or runs, not what its weights mean.
 MODEL_TRAINING_KEYS = tuple(f"model.{k}" for k in (
     "remat", "freeze_bn", "bn_momentum", "aspp_dropout", "aspp_v2_dropout", "dropout_rate",

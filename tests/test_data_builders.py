@@ -5,7 +5,6 @@ import os
 import numpy as np
 from PIL import Image
 import pytest
-import tensorflow_datasets as tfds
 
 from deeplax import viz
 from deeplax.data import cityscapes
@@ -15,6 +14,7 @@ from deeplax.data import folder
 from deeplax.data import shapes
 from deeplax.data import voc
 import deeplax.data as data
+import tfds_builds
 
 VOC_TRAIN = ["2007_000001", "2007_000002", "2007_000003"]
 VOC_VAL = ["2007_000010", "2007_000011"]
@@ -22,18 +22,8 @@ SBD_TRAIN = ["2007_000002", "2008_000020", "2008_000021", "2007_000010"]  # over
 SBD_VAL = ["2008_000030", "2007_000003"]
 
 
-def _prepare(builder, manual_dir=None):
-  builder.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  return builder
-
-
-def _examples(builder, split):
-  source = builder.as_data_source(split)
-  examples = (source[i] for i in range(len(source)))
-  return {ex["id"].decode(): ex for ex in examples}
+_prepare = tfds_builds.prepare
+_examples = tfds_builds.examples
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,11 @@
 """Datasets (tfds builders) and tf.data input pipelines.
 
-Datasets: 'shapes' (built-in synthetic, deeplax.data.shapes), 'voc' (PASCAL VOC 2012 + SBD,
-deeplax.data.voc), 'cityscapes' (fine, 19 train ids, deeplax.data.cityscapes), 'folder' (your own
-images and masks, deeplax.data.folder). Pipelines: deeplax.data.input_pipeline.
+Datasets (`config.data.name`): 'shapes' (built-in synthetic, deeplax.data.shapes), 'voc' (PASCAL
+VOC 2012 + SBD, deeplax.data.voc), 'cityscapes' (fine, 19 train ids, deeplax.data.cityscapes),
+'pascal_context' (59 classes + background, deeplax.data.pascal_context), 'person_part'
+(PASCAL-Person-Part, deeplax.data.person_part), 'ade20k' (SceneParsing, 150 classes,
+deeplax.data.ade20k), 'folder' (your own images and masks, deeplax.data.folder). Pipelines:
+deeplax.data.input_pipeline.
 """
 
 from absl import logging

@@ -64,6 +64,46 @@ def denormalize(images, normalization: str, as_uint8: bool = True):
   return np.clip(np.round(np.asarray(images)), 0, 255).astype(np.uint8)
 
 
+def resize_to_range_size(height, width, min_size: int, max_size=None, factor=None):
+  """(new height, new width), int32, of the official TF DeepLab `resize_to_range`
+  (core/preprocess_utils.py; flags min_resize_value, max_resize_value, resize_factor):
+
+  the shorter side becomes `min_size` (sides rounded up) unless the longer would exceed
+  `max_size`, in which case the longer side becomes `max_size`. With `factor`, `max_size` is
+  first lowered to max_size + (factor - (max_size - 1) % factor) % factor - factor (497 for 513
+  and 16), and both sides are then rounded up to factor * k + 1. E.g. 375x500 with (513, 513,
+  16) -> 385x497.
+  """
+  height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  min_size = float(min_size)
+  large = tf.cast(tf.math.ceil(tf.stack([height, width]) * (min_size / tf.minimum(height, width))),
+                  tf.int32)
+  new_size = large
+  if max_size is not None:
+    max_size = float(max_size)
+    if factor is not None:
+      max_size = max_size + (factor - (max_size - 1) % factor) % factor - factor
+    small = tf.cast(tf.math.ceil(tf.stack([height, width]) * (max_size / tf.maximum(height, width))),
+                    tf.int32)
+    new_size = tf.where(tf.cast(tf.reduce_max(large), tf.float32) > max_size, small, large)
+  if factor is not None:
+    new_size += (factor - (new_size - 1) % factor) % factor
+  return new_size
+
+
+def resize_to_range(image_HW3, label_HW, min_size: int, max_size=None, factor=None):
+  """Image (bilinear) and label (nearest neighbour) resized to `resize_to_range_size`, both with
+  align_corners as the official pipeline (TF1 `resize_bilinear` / `resize_nearest_neighbor`,
+  align_corners=True), before augmentation or evaluation."""
+  shape = tf.shape(label_HW)
+  size = resize_to_range_size(shape[0], shape[1], min_size, max_size, factor)
+  box = tf.constant([[0.0, 0.0, 1.0, 1.0]])  # corner pixels map to corner pixels
+  image = tf.image.crop_and_resize(tf.cast(image_HW3, tf.float32)[None], box, [0], size)[0]
+  label = tf.image.crop_and_resize(tf.cast(label_HW, tf.float32)[None, ..., None], box, [0],
+                                   size, method="nearest")[0, ..., 0]
+  return image, tf.cast(label, tf.int32)
+
+
 def random_scale_crop_flip(image_HW3, label_HW, seed, *, crop_size: int, min_scale: float,
                            max_scale: float, random_flip: bool, pad_pixel: Sequence[float],
                            ignore_label: int = IGNORE_LABEL):

@@ -77,9 +77,7 @@ class DeeplaxCityscapes(tfds.core.GeneratorBasedBuilder):
           raise FileNotFoundError(f"{image_path}: its label {label_path} does not exist")
         label = common.read_label_png(label_path)
         common.check_label_values(label, NUM_LABEL_IDS, label_path)
-        if label.shape != common.image_size(image_path):
-          raise ValueError(f"{label_path}: label size {label.shape} differs from the image "
-                           f"{image_path} size {common.image_size(image_path)}")
+        common.check_same_size(label, image_path, label_path)
         found += 1
         yield stem, common.example(image_path, to_train_ids(label), stem)
     if not found:

@@ -10,6 +10,7 @@ decoding any label.
 import os
 from typing import Optional, Sequence
 
+from absl import logging
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
@@ -75,6 +76,28 @@ def image_size(path) -> tuple[int, int]:
   """(height, width) of an image file, read from its header only."""
   with Image.open(path) as im:
     return im.height, im.width
+
+
+def check_same_size(label_HW: np.ndarray, image_path, label_path, size=None) -> None:
+  """The label must have the image's (height, width) (`size`, else read from the header)."""
+  size = image_size(image_path) if size is None else tuple(size)
+  if label_HW.shape != size:
+    raise ValueError(f"{label_path}: label size {label_HW.shape} (H, W) differs from the image "
+                     f"{image_path} size {size}")
+
+
+def read_ids(path, instructions: str = "") -> list:
+  """Image ids of a list file, one per line, in order, each once (a repeated id is read once,
+  with a warning naming the file)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"list file not found: {path}\n{instructions}")
+  with open(path) as f:
+    ids = [line.strip() for line in f if line.strip()]
+  unique = list(dict.fromkeys(ids))
+  if len(unique) != len(ids):
+    logging.warning("%s: %d repeated ids (e.g. %r) read once", path, len(ids) - len(unique),
+                    next(i for n, i in enumerate(ids) if i in ids[:n]))
+  return unique
 
 
 def example(image, label_HW: np.ndarray, example_id: str) -> dict:

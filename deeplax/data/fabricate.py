@@ -1,7 +1,8 @@
 """Fabricated source directories in the exact on-disk layouts of the real datasets.
 
-For tests, benchmarks and notebooks: small PASCAL VOC + SBD, Cityscapes and folder datasets
-with random-rectangle masks, written in the original formats (JPEG, palette PNG, SBD .mat).
+For tests, benchmarks and notebooks: small PASCAL VOC + SBD, Cityscapes, PASCAL-Context,
+PASCAL-Person-Part, ADE20K and folder datasets with random-rectangle masks, written in the
+original formats (JPEG, palette or grayscale PNG, SBD and PASCAL-Context .mat).
 """
 
 import os
@@ -13,16 +14,17 @@ import scipy.io
 from deeplax import viz
 
 
-def random_mask(rng, height, width, num_classes, num_objects=3, border=False) -> np.ndarray:
-  """uint8 [H, W]: background 0 with rectangles of random classes in [1, num_classes);
+def random_mask(rng, height, width, num_classes, num_objects=3, border=False, values=None,
+                dtype=np.uint8) -> np.ndarray:
+  """[H, W] of 0 with rectangles of random classes in [1, num_classes) (or drawn from `values`);
   `border`: a 2-px ignore (255) outline around every rectangle, as in VOC's PNGs."""
-  label = np.zeros((height, width), np.uint8)
+  label = np.zeros((height, width), dtype)
   for _ in range(num_objects):
     y0, x0 = rng.integers(0, height - 4), rng.integers(0, width - 4)
     y1, x1 = rng.integers(y0 + 4, height + 1), rng.integers(x0 + 4, width + 1)
     if border:
       label[max(y0 - 2, 0):y1 + 2, max(x0 - 2, 0):x1 + 2] = 255
-    label[y0:y1, x0:x1] = rng.integers(1, num_classes)
+    label[y0:y1, x0:x1] = rng.integers(1, num_classes) if values is None else rng.choice(values)
   return label
 
 
@@ -133,4 +135,125 @@ def fabricate_folder(root, class_names=("background", "cat", "dog"), counts=None
   if write_classes:
     with open(os.path.join(root, "classes.txt"), "w") as f:
       f.write("".join(f"{n}\n" for n in class_names))
+  return masks
+
+
+def fabricate_ade20k(root, counts=None, size=(40, 56), seed=0, grayscale=()) -> dict:
+  """ADEChallengeData2016/{images,annotations}/{training,validation}/ + objectInfo150.txt, as
+  released: grayscale annotation PNGs with values 0 (other) .. 150; returns stem -> release
+  values. Stems in `grayscale` get a grayscale JPEG (as a few real training images are)."""
+  from deeplax.data import ade20k  # pylint: disable=g-import-not-at-top
+  counts = counts or {"training": 3, "validation": 2}
+  rng = np.random.default_rng(seed)
+  base = os.path.join(root, ade20k.SUBDIR)
+  palette = viz.voc_palette(256)
+  masks = {}
+  for split_dir, num in counts.items():
+    prefix = "train" if split_dir == "training" else "val"
+    for sub in ("images", "annotations"):
+      os.makedirs(os.path.join(base, sub, split_dir), exist_ok=True)
+    for i in range(num):
+      stem = f"ADE_{prefix}_{i + 1:08d}"
+      h, w = size if rng.random() < 0.5 else size[::-1]
+      label = random_mask(rng, h, w, ade20k.NUM_CLASSES + 1, num_objects=4)
+      label[0, 0] = ade20k.NUM_CLASSES  # every class id range end occurs
+      masks[stem] = label
+      image = Image.fromarray(image_for(rng, label, palette))
+      if stem in grayscale:
+        image = image.convert("L")
+      image.save(os.path.join(base, "images", split_dir, stem + ".jpg"), quality=95)
+      Image.fromarray(label, mode="L").save(os.path.join(base, "annotations", split_dir,
+                                                         stem + ".png"))
+  with open(os.path.join(base, "objectInfo150.txt"), "w") as f:
+    f.write("Idx\tRatio\tTrain\tVal\tName\n")
+    for i, name in enumerate(ade20k.CLASS_NAMES, 1):
+      idx = f"{i} " if i in (22, 24) else str(i)  # the release's trailing spaces
+      f.write(f"{idx}\t{0.1 / i:.4f}\t{1000 // i}\t{100 // i}\t{name}, {name}s \n")
+  return masks
+
+
+def _voc2010_images(root, ids, masks, rng, palette, colour_of=lambda m: m):
+  images_dir = os.path.join(root, "VOCdevkit", "VOC2010", "JPEGImages")
+  os.makedirs(images_dir, exist_ok=True)
+  for image_id in ids:
+    Image.fromarray(image_for(rng, colour_of(masks[image_id]), palette)).save(
+        os.path.join(images_dir, f"{image_id}.jpg"), quality=95)
+
+
+# Full labels the fabricated PASCAL-Context maps use beyond the 59: 0 unlabeled, 1 accordion,
+# 3 air conditioner, 459 wool (all background).
+CONTEXT_OTHER_FULL_IDS = (0, 1, 3, 459)
+
+
+def fabricate_pascal_context(root, train_ids, val_ids, size=(40, 56), seed=0,
+                             release=True) -> dict:
+  """VOCdevkit/VOC2010/{JPEGImages,ImageSets/Main} and PASCAL-Context labels; returns id -> the
+  label as written (full labels 0..459 with `release`, else the 60-class PNG values).
+
+  release=True: the release's trainval/<id>.mat (uint16 LabelMap) and labels.txt ("<id>:
+  <name>": the 59 classes and 0, 1, 3, 459 at their real ids, "label_<id>" for the others) in
+  `root`; the first train id is listed twice (a repeated id is read once). release=False:
+  a converter's VOC2010/SegmentationClassContext/<id>.png (palette, 0..59) and
+  ImageSets/SegmentationContext lists.
+  """
+  from deeplax.data import pascal_context  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  voc = os.path.join(root, "VOCdevkit", "VOC2010")
+  palette = viz.voc_palette(256)
+  masks = {}
+  full_ids = np.array(pascal_context.FULL_LABEL_IDS + CONTEXT_OTHER_FULL_IDS)
+  for image_id in list(train_ids) + list(val_ids):
+    h, w = size if rng.random() < 0.5 else size[::-1]
+    if release:
+      masks[image_id] = random_mask(rng, h, w, 0, num_objects=6, values=full_ids,
+                                    dtype=np.uint16)
+      masks[image_id].reshape(-1)[:len(full_ids)] = full_ids  # every mapped value occurs
+    else:
+      masks[image_id] = random_mask(rng, h, w, 60, num_objects=6)
+  colour_of = pascal_context.FULL_TO_CLASS.__getitem__ if release else (lambda m: m)
+  _voc2010_images(root, masks, masks, rng, palette, colour_of)
+  _write_ids(os.path.join(voc, "ImageSets", "Main", "train.txt"),
+             [train_ids[0]] + list(train_ids))
+  _write_ids(os.path.join(voc, "ImageSets", "Main", "val.txt"), val_ids)
+  if release:
+    os.makedirs(os.path.join(root, "trainval"), exist_ok=True)
+    for image_id, label in masks.items():
+      scipy.io.savemat(os.path.join(root, "trainval", f"{image_id}.mat"), {"LabelMap": label})
+    names = dict(zip(pascal_context.FULL_LABEL_IDS, pascal_context.CLASS_NAMES[1:]))
+    names.update({1: "accordion", 3: "air conditioner", 459: "wool"})
+    with open(os.path.join(root, "labels.txt"), "w") as f:
+      f.write("".join(f"{i}: {names.get(i, f'label_{i}')}\n" for i in range(1, 460)))
+  else:
+    png_dir = os.path.join(voc, "SegmentationClassContext")
+    os.makedirs(png_dir, exist_ok=True)
+    for image_id, label in masks.items():
+      viz.save_indexed_png(os.path.join(png_dir, f"{image_id}.png"), label, palette)
+    _write_ids(os.path.join(voc, "ImageSets", "SegmentationContext", "train.txt"), train_ids)
+    _write_ids(os.path.join(voc, "ImageSets", "SegmentationContext", "val.txt"), val_ids)
+  return masks
+
+
+def fabricate_person_part(root, train_ids, val_ids, size=(40, 56), seed=0,
+                          id_lists=True) -> dict:
+  """pascal_person_part/{pascal_person_part_gt,pascal_person_part_trainval_list} + VOC 2010
+  JPEGImages; returns id -> part label (palette PNG, 0..6). id_lists: {train,val}_id.txt; else
+  {train,val}.txt of "/JPEGImages/<id>.jpg /SegmentationPart/<id>.png" lines."""
+  rng = np.random.default_rng(seed)
+  base = os.path.join(root, "pascal_person_part")
+  gt = os.path.join(base, "pascal_person_part_gt")
+  lists = os.path.join(base, "pascal_person_part_trainval_list")
+  os.makedirs(gt, exist_ok=True)
+  palette = viz.voc_palette(256)
+  masks = {}
+  for image_id in list(train_ids) + list(val_ids):
+    h, w = size if rng.random() < 0.5 else size[::-1]
+    masks[image_id] = random_mask(rng, h, w, 7, num_objects=5)
+    viz.save_indexed_png(os.path.join(gt, f"{image_id}.png"), masks[image_id], palette)
+  _voc2010_images(root, masks, masks, rng, palette)
+  for split, ids in (("train", train_ids), ("val", val_ids)):
+    if id_lists:
+      _write_ids(os.path.join(lists, f"{split}_id.txt"), ids)
+    else:
+      _write_ids(os.path.join(lists, f"{split}.txt"),
+                 [f"/JPEGImages/{i}.jpg /SegmentationPart/{i}.png" for i in ids])
   return masks

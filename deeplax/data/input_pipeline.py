@@ -13,6 +13,7 @@ Design (index-based, exact resume, multi-host):
 """
 
 import dataclasses
+import importlib
 import math
 import os
 from typing import Optional
@@ -25,7 +26,16 @@ from deeplax import defaults
 from deeplax.data import augment
 from deeplax.data import shapes
 
-DATASETS = ("shapes", "voc", "cityscapes", "folder")
+# data.name -> (module, builder class) of the datasets read from data.manual_dir.
+_MANUAL_BUILDERS = {
+    "voc": ("voc", "DeeplaxVoc"),
+    "cityscapes": ("cityscapes", "DeeplaxCityscapes"),
+    "pascal_context": ("pascal_context", "DeeplaxPascalContext"),
+    "person_part": ("person_part", "DeeplaxPersonPart"),
+    "ade20k": ("ade20k", "DeeplaxAde20k"),
+}
+DATASETS = ("shapes", *_MANUAL_BUILDERS, "folder")
+OTHER_CLASS_NAME = "other"
 
 # The functions tf.data traces are plain TF ops (no Python control flow on tensors): no AutoGraph.
 _graph_fn = tf.autograph.experimental.do_not_convert
@@ -43,6 +53,8 @@ class DatasetInfo:
   palette: np.ndarray  # uint8 [num_classes, 3]
   splits: dict  # split name -> number of examples ({} when not prepared)
   ignore_label: int = 255
+  # Classes the model predicts that no label holds (data.other_class: class 0), left out of mIoU.
+  void_classes: tuple = ()
 
 
 def get_builder(data_config) -> tfds.core.DatasetBuilder:
@@ -54,12 +66,10 @@ def get_builder(data_config) -> tfds.core.DatasetBuilder:
     if config.name in shapes.DeeplaxShapes.builder_configs:  # tfds wants registered ones by name
       config = config.name
     return shapes.DeeplaxShapes(config=config, **kwargs)
-  if name == "voc":
-    from deeplax.data import voc  # pylint: disable=g-import-not-at-top
-    return voc.DeeplaxVoc(**kwargs)
-  if name == "cityscapes":
-    from deeplax.data import cityscapes  # pylint: disable=g-import-not-at-top
-    return cityscapes.DeeplaxCityscapes(**kwargs)
+  if name in _MANUAL_BUILDERS:
+    module, cls = _MANUAL_BUILDERS[name]
+    module = importlib.import_module(f"deeplax.data.{module}")
+    return getattr(module, cls)(**kwargs)
   if name == "folder":
     from deeplax.data import folder  # pylint: disable=g-import-not-at-top
     if not data_config.manual_dir:
@@ -75,7 +85,7 @@ def prepared_builder(data_config) -> tfds.core.DatasetBuilder:
   builder = get_builder(data_config)
   if not builder.is_prepared():
     manual_dir = data_config.manual_dir
-    if data_config.name in ("voc", "cityscapes") and not manual_dir:
+    if data_config.name in _MANUAL_BUILDERS and not manual_dir:
       raise ValueError(f"dataset {data_config.name!r} is not built in {data_config.data_dir}; "
                        "set data.manual_dir to its source files:\n"
                        f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
@@ -87,16 +97,52 @@ def prepared_builder(data_config) -> tfds.core.DatasetBuilder:
 
 
 def dataset_info(data_config, prepare: bool = True) -> DatasetInfo:
-  """Classes, palette and split sizes; `prepare=False` never builds (splits {} if unbuilt)."""
+  """Classes, palette and split sizes as the model sees them; `prepare=False` never builds
+  (splits {} if unbuilt). With `data.other_class`, class 0 is 'other' (a void class) and the
+  dataset's class c is class c + 1."""
   builder = prepared_builder(data_config) if prepare else get_builder(data_config)
   meta = builder.info.metadata
   splits = {}
   if builder.is_prepared():
     splits = {name: split.num_examples for name, split in builder.info.splits.items()}
-  return DatasetInfo(name=data_config.name, num_classes=len(meta["class_names"]),
-                     class_names=tuple(meta["class_names"]),
-                     palette=np.asarray(meta["palette"], np.uint8), splits=splits,
-                     ignore_label=data_config.ignore_label)
+  class_names = tuple(meta["class_names"])
+  palette = np.asarray(meta["palette"], np.uint8)
+  void_classes = ()
+  if other_class(data_config):
+    class_names = (OTHER_CLASS_NAME,) + class_names
+    palette = np.concatenate([np.zeros((1, 3), np.uint8), palette])
+    void_classes = (0,)
+  return DatasetInfo(name=data_config.name, num_classes=len(class_names),
+                     class_names=class_names, palette=palette, splits=splits,
+                     ignore_label=data_config.ignore_label, void_classes=void_classes)
+
+
+def resize_to_range_args(data_config):
+  """(min_size, max_size, factor) of data.min_resize_value, max_resize_value, resize_factor, or
+  None when images keep their size."""
+  values = {k: data_config.get(k) for k in ("min_resize_value", "max_resize_value",
+                                            "resize_factor")}
+  for key, value in values.items():
+    if value is not None and (not isinstance(value, int) or value < 1):
+      raise ValueError(f"data.{key} must be None or a positive int; got {value!r}")
+  if values["min_resize_value"] is None:
+    if any(v is not None for v in values.values()):
+      raise ValueError("data.max_resize_value / data.resize_factor need data.min_resize_value "
+                       f"(the official flags' convention); got {values}")
+    return None
+  if values["max_resize_value"] is not None and (
+      values["max_resize_value"] < values["min_resize_value"]):
+    raise ValueError(f"data.max_resize_value {values['max_resize_value']} < "
+                     f"data.min_resize_value {values['min_resize_value']}")
+  return values["min_resize_value"], values["max_resize_value"], values["resize_factor"]
+
+
+def other_class(data_config) -> bool:
+  """`data.other_class`: the model has a class 0 for the pixels the dataset ignores."""
+  value = data_config.get("other_class", False)
+  if not isinstance(value, bool):
+    raise ValueError(f"data.other_class must be True or False; got {value!r}")
+  return value
 
 
 def shard_indices(num: int, process_index: int, process_count: int) -> np.ndarray:
@@ -137,6 +183,8 @@ class _Source:
     meta = self.builder.info.metadata
     self.class_names = tuple(meta["class_names"])
     self.ignore_label = data_config.ignore_label
+    self.other_class = other_class(data_config)
+    self.resize = resize_to_range_args(data_config)
 
   def _read(self, index):
     return self.records[int(index)]
@@ -149,9 +197,14 @@ class _Source:
     example = self.builder.info.features.deserialize_example(serialized, decoders=decoders)
     if "label" not in skip:
       label = tf.cast(example["label"], tf.int32)
+      if self.other_class:
+        label = tf.where(label == 255, 255, label + 1)
       if self.ignore_label != 255:
         label = tf.where(label == 255, self.ignore_label, label)
       example["label"] = label
+      if self.resize is not None and "image" not in skip:
+        example["image"], example["label"] = augment.resize_to_range(
+            example["image"], label, *self.resize)
     return example
 
   def classes_present(self) -> list:
@@ -162,17 +215,22 @@ class _Source:
     return [np.asarray(c) for c in ds.as_numpy_iterator()]
 
 
-def _class_ids(classes, class_names) -> list:
+def _class_ids(classes, class_names, other_class: bool = False) -> list:
+  """Dataset class ids of names or ids; ids are the model's (with data.other_class, id c + 1 is
+  dataset class c and 'other' (0) occurs in no label)."""
+  offset = 1 if other_class else 0
   ids = []
   for c in classes:
     if isinstance(c, str):
       if c not in class_names:
         raise ValueError(f"data.bootstrap_classes: unknown class {c!r}; classes: {class_names}")
       ids.append(class_names.index(c))
-    elif 0 <= int(c) < len(class_names):
-      ids.append(int(c))
+    elif offset <= int(c) < len(class_names) + offset:
+      ids.append(int(c) - offset)
     else:
-      raise ValueError(f"data.bootstrap_classes: class id {c} not in [0, {len(class_names)})")
+      raise ValueError(f"data.bootstrap_classes: class id {c} not in [{offset}, "
+                       f"{len(class_names) + offset})" +
+                       (" (0 is 'other', which no label holds)" if offset else ""))
   return ids
 
 
@@ -219,7 +277,8 @@ class TrainIterator:
     self._source = _Source(d, d.train_split)
     repeats = int(d.bootstrap_repeats)
     if d.bootstrap_classes and repeats > 1:
-      hard_ids = _class_ids(d.bootstrap_classes, self._source.class_names)
+      hard_ids = _class_ids(d.bootstrap_classes, self._source.class_names,
+                            self._source.other_class)
       self.slots = bootstrap_slots(self._source.classes_present(), hard_ids, repeats)
     else:
       self.slots = np.arange(self._source.num_examples, dtype=np.int64)

@@ -39,10 +39,7 @@ Put the extracted archives in data.manual_dir:
 
 def read_ids(path) -> list:
   """Image ids of a list file, one per line."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"list file not found: {path}\n{_INSTRUCTIONS}")
-  with open(path) as f:
-    return [line.strip() for line in f if line.strip()]
+  return common.read_ids(path, _INSTRUCTIONS)
 
 
 def split_ids(voc_train, voc_val, sbd_train=None, sbd_val=None) -> dict:
@@ -109,8 +106,6 @@ class DeeplaxVoc(tfds.core.GeneratorBasedBuilder):
         label_path, label = mat, read_sbd_mat(mat)
       else:
         raise FileNotFoundError(f"label of {image_id!r} not found: neither {png} nor {mat}")
-      if label.shape != common.image_size(image_path):
-        raise ValueError(f"{label_path}: label size {label.shape} differs from the image "
-                         f"{image_path} size {common.image_size(image_path)}")
+      common.check_same_size(label, image_path, label_path)
       common.check_label_values(label, len(CLASS_NAMES), label_path)
       yield image_id, common.example(image_path, label, image_id)
