@@ -1,0 +1,54 @@
+"""A run written before the model-config schema (issue #13; fixture from commit 1b78b68, see
+tests/fixtures/make_legacy_run.py) still restores, predicts the same logits and resumes."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from deeplax import checkpoint as ckpt_lib
+from deeplax import inference, train
+import train_configs
+from train_configs import compilation_cache_dir  # noqa: F401  pylint: disable=unused-import
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_run_1b78b68")
+
+
+def fixed_image():
+  y, x = np.mgrid[0:33, 0:41].astype(np.float32)
+  return np.stack([np.sin(x / 5), np.cos(y / 7), (x - y) / 40], -1)[None]
+
+
+@pytest.fixture
+def legacy_run(tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(FIXTURE, workdir)
+  return str(workdir)
+
+
+def test_fixture_is_the_flat_legacy_format():
+  with open(os.path.join(FIXTURE, "config.json")) as f:
+    model = json.load(f)["model"]
+  assert model["backbone"] == "resnet_tiny" and model["multi_grid"] == [1, 2, 4]
+  assert "resnet_layout" in model
+
+
+def test_legacy_run_restores_and_predicts_the_same_logits(legacy_run):
+  config, variables = inference.load_model(legacy_run)
+  logits = inference.make_predict_fn(config.model)(variables, fixed_image())
+  expected = np.load(os.path.join(FIXTURE, "logits_fixed_image.npy"))
+  np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_legacy_run_resumes_training(legacy_run, tmp_path):
+  config = train_configs.tiny_config(str(tmp_path / "data"), total_steps=8)
+  config.model.multi_grid = (1, 2, 4)
+  config.checkpoint_every_steps = 4
+  config.eval_every_steps = 100
+  config.num_eval_images_to_save = 0
+  history = train.train_and_evaluate(config, legacy_run)
+  assert history["step"] == 8
+  assert history["train"][0]["step"] == 5     # resumed after the fixture's step 4
+  assert ckpt_lib.latest_step(legacy_run) == 8
