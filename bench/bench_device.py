@@ -47,12 +47,13 @@ SMOKE = dict(backbone="resnet_small", crop=65, batch=2, output_strides=(16,), ke
 
 
 def _model_config(backbone, num_classes, output_stride, dtype="bfloat16"):
-  from deeplax.models import deeplab
+  from deeplax.models import backbones, deeplab
   rates = (12, 24, 36) if output_stride == 8 else (6, 12, 18)
   # torchvision's layout and head, so both sides build the same network.
   return deeplab.model_config(
-      backbone=backbone, num_classes=num_classes, output_stride=output_stride,
-      resnet_layout="torchvision", multi_grid=None, aspp_rates=rates,
+      backbone=backbones.config(backbone, layout="torchvision", multi_grid=None),
+      num_classes=num_classes, output_stride=output_stride,
+      aspp_rates=rates,
       aspp_rates_output_stride=output_stride, aspp_dropout=0.1, bn_momentum=0.9, dtype=dtype)
 
 

@@ -43,12 +43,13 @@ def run_jax(backbone, crop, batch, output_stride, steps, warmup):
   import jax
   import numpy as np
   from deeplax import defaults, models, train
-  from deeplax.models import deeplab
+  from deeplax.models import backbones, deeplab
   config = defaults.get_base_config()
   rates = (12, 24, 36) if output_stride == 8 else (6, 12, 18)
   config.model = deeplab.model_config(
-      backbone=backbone, num_classes=NUM_CLASSES, output_stride=output_stride,
-      resnet_layout="torchvision", multi_grid=None, aspp_rates=rates,
+      backbone=backbones.config(backbone, layout="torchvision", multi_grid=None),
+      num_classes=NUM_CLASSES, output_stride=output_stride,
+      aspp_rates=rates,
       aspp_rates_output_stride=output_stride, aspp_dropout=0.5, bn_momentum=0.9)
   config.data = {"crop_size": crop}
   config.batch_size = batch

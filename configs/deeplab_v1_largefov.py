@@ -7,18 +7,17 @@ DeepLab-ASPP-S/L on VGG-16 (Table 3): fc6_rates = (2, 4, 8, 12) / (6, 12, 18, 24
 
     python -m deeplax.main --config=configs/deeplab_v1_largefov.py --workdir=/tmp/deeplab_v1_largefov
 
-Fields are documented in deeplax/models/vgg.py and deeplax/models/common.py.
+Fields are documented in deeplax/models/vgg.py (DeepLabV1, VGG16).
 """
 
 from deeplax import defaults
-from deeplax.models import common
+from deeplax import models
 
 
 def get_config():
   config = defaults.get_base_config()
-  config.model = common.base_model_config()
-  config.model.name = "deeplab_v1"
-  config.model.backbone = "vgg16"
+  config.model = models.default_config("deeplab_v1")
+  config.model.backbone.name = "vgg16"
   config.model.num_classes = 21
   config.model.output_stride = 8            # v2 §3.1: pool4 and pool5 without stride
   config.model.fc6_kernel_size = 3          # v2 Table 1, DeepLab-LargeFOV

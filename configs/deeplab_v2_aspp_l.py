@@ -4,7 +4,7 @@ Reproduces v2 Table 4, the ASPP row (ResNet-101 + multi-scale inputs + MS-COCO +
 ASPP: 76.35% mIOU on PASCAL VOC 2012 val before CRF, 77.69% after the dense CRF).
 
 Head: each ASPP-L branch is a single 3x3 atrous conv straight to the class scores
-(aspp_v2_features = 0), as in the released DeepLab-v2 ResNet-101 (v2 §4.1 describes LargeFOV on
+(aspp_v2_features = None), as in the released DeepLab-v2 ResNet-101 (v2 §4.1 describes LargeFOV on
 ResNet as "an atrous convolutional layer on top of ResNet, with 3x3 kernel"); the VGG fc6-fc7-fc8
 branches (width 1024) would add ~4x2M parameters per branch on the 2048-channel block4.
 Backbone BN is frozen (running averages), as in the released Caffe model. 'torchvision' layout

@@ -6,26 +6,26 @@ align_corners, as the paper's own implementation.
 
     python -m deeplax.main --config=configs/deeplab_v3_aspp.py --workdir=/tmp/deeplab_v3_aspp
 
-Fields are documented in deeplax/models/deeplab.py and deeplax/models/common.py.
+Fields are documented in deeplax/models/deeplab.py and deeplax/models/resnet.py.
 """
 
 from deeplax import defaults
-from deeplax.models import common
+from deeplax import models
+from deeplax.models import backbones
 
 
 def get_config():
   config = defaults.get_base_config()
-  config.model = common.base_model_config()
-  config.model.name = "deeplab_v3"
-  config.model.backbone = "resnet101"
+  config.model = models.default_config("deeplab_v3")
+  config.model.backbone = backbones.config(
+      "resnet101", layout="slim",
+      multi_grid=(1, 2, 4),                 # v3 Table 5
+      num_cascaded_blocks=0)
   config.model.num_classes = 21
   config.model.output_stride = 16           # train at 16, evaluate at 8 (v3 §4.1, Table 6)
   config.model.bn_momentum = 0.9997         # v3 §4.1
   config.model.align_corners = True
-  config.model.resnet_layout = "slim"
-  config.model.multi_grid = (1, 2, 4)       # v3 Table 5
-  config.model.num_cascaded_blocks = 0
-  config.model.aspp = True
+  config.model.head = "aspp"
   config.model.aspp_rates = (6, 12, 18)     # at output_stride 16; doubled at 8 (v3 §3.3)
   config.model.aspp_rates_output_stride = 16
   config.model.aspp_features = 256

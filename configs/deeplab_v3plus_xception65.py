@@ -6,18 +6,17 @@ convolutions); decoder: 1x1 low-level projection to 48 channels, two 3x3 separab
 
     python -m deeplax.main --config=configs/deeplab_v3plus_xception65.py --workdir=/tmp/deeplab_v3plus_xception65
 
-Fields are documented in deeplax/models/deeplab_v3plus.py and deeplax/models/common.py.
+Fields are documented in deeplax/models/deeplab_v3plus.py and deeplax/models/xception.py.
 """
 
 from deeplax import defaults
-from deeplax.models import common
+from deeplax import models
 
 
 def get_config():
   config = defaults.get_base_config()
-  config.model = common.base_model_config()
-  config.model.name = "deeplab_v3plus"
-  config.model.backbone = "xception65"
+  config.model = models.default_config("deeplab_v3plus")
+  config.model.backbone.name = "xception65"
   config.model.num_classes = 21
   config.model.output_stride = 16           # train at 16, evaluate at 8 (rates then doubled)
   config.model.bn_momentum = 0.9997

@@ -13,13 +13,15 @@ already generated; compile, ~110 images/s, two evaluations), validation mIoU 0.8
 """
 
 from deeplax import defaults
+from deeplax.models import backbones
 from deeplax.models import deeplab
 
 
 def get_config():
   config = defaults.get_base_config()
   config.model = deeplab.model_config(
-      backbone="resnet_small", num_classes=5, output_stride=8, multi_grid=(1, 2, 4),
+      backbone=backbones.config("resnet_small", layout="slim", multi_grid=(1, 2, 4)),
+      num_classes=5, output_stride=8,
       aspp_rates=(2, 4, 6), aspp_rates_output_stride=16, aspp_features=64, aspp_dropout=0.0,
       bn_momentum=0.99, align_corners=True)
   config.data.name = "shapes"

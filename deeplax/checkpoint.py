@@ -48,15 +48,21 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """`<workdir>/config.json`; a config.model of deeplax <= 1b78b68 is read in today's schema
+  (`models.upgrade_config`, logged as a warning)."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"missing {CONFIG_FILE} in run directory {workdir!r} ({path} not found); "
                             "is this a deeplax workdir?")
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      config = ml_collections.ConfigDict(json.load(f))
   except (OSError, ValueError) as e:
-    raise ValueError(f"{path} is not a readable run config ({_cause(e)})") from e
+    raise ValueError(f"{path} is not a readable run config ({cause(e)})") from e
+  if "model" in config:
+    from deeplax import models  # pylint: disable=g-import-not-at-top
+    config.model, _ = models.upgrade_config(config.model, source=path)
+  return config
 
 
 def resolve_workdir(path: str) -> str:
@@ -101,7 +107,7 @@ class CheckpointError(ValueError):
   """A checkpoint that does not restore (names its directory and the cause)."""
 
 
-def _cause(e: BaseException) -> str:
+def cause(e: BaseException) -> str:
   text = " ".join(str(e).split())
   return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
@@ -125,7 +131,7 @@ def restore_train_state(manager: ocp.CheckpointManager, abstract_state: Mapping[
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # orbax/tensorstore raise many types for damaged files
-    raise CheckpointError(f"checkpoint {step_dir} does not restore ({_cause(e)})") from e
+    raise CheckpointError(f"checkpoint {step_dir} does not restore ({cause(e)})") from e
   return dict(restored["state"]), (restored["data"] if has_data else None), step
 
 
@@ -266,7 +272,7 @@ def load_variables(path: str, step: Optional[int] = None,
         restored = _restore_variables(manager, step)
         break
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
-        failures.append(f"checkpoint {ckpt_dir}/{step} does not restore ({_cause(e)})")
+        failures.append(f"checkpoint {ckpt_dir}/{step} does not restore ({cause(e)})")
         if len(candidates) > 1:
           from absl import logging  # pylint: disable=g-import-not-at-top
           logging.warning("%s; trying the previous checkpoint", failures[-1])

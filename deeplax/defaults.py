@@ -169,21 +169,19 @@ def v2_resnet101(config: ml_collections.ConfigDict, num_classes: int,
   multi-scale input training on {1, 0.75, 0.5} with max fusion (v2 §3.2, "MSC").
   Other datasets' configs change config.data after this.
   """
-  from deeplax.models import common  # pylint: disable=g-import-not-at-top
-  config.model = common.base_model_config()
+  from deeplax import models  # pylint: disable=g-import-not-at-top
+  from deeplax.models import backbones  # pylint: disable=g-import-not-at-top
+  config.model = models.default_config("deeplab_v2")
   m = config.model
-  m.name = "deeplab_v2"
-  m.backbone = "resnet101"
+  m.backbone = backbones.config("resnet101", layout="torchvision", multi_grid=(1, 1, 1),
+                                num_cascaded_blocks=0)
   m.num_classes = num_classes
   m.output_stride = 8            # "every 8 pixels" (v2 §1, §3.1)
   m.freeze_bn = True
   m.align_corners = True
-  m.resnet_layout = "torchvision"
-  m.multi_grid = (1, 1, 1)
-  m.num_cascaded_blocks = 0
   m.aspp_rates = tuple(aspp_rates)  # ASPP-L (v2 §4.1, Table 3); (12,) = LargeFOV
   m.aspp_rates_output_stride = 8 # the rates are for output_stride 8
-  m.aspp_v2_features = 0         # 0: one 3x3 conv per branch straight to the classes
+  m.aspp_v2_features = None      # None: one 3x3 conv per branch straight to the classes
   m.aspp_v2_dropout = 0.5
   config.data = data_config()
   config.data.name = "voc"

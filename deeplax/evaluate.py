@@ -12,10 +12,11 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
@@ -44,6 +45,9 @@ def _denormalize(config: ml_collections.ConfigDict, images_NHWC: np.ndarray) -> 
   return np.asarray(data.denormalize(images_NHWC, config.data.get("normalization", None)), np.uint8)
 
 
+MESH_AXIS = "data"
+
+
 def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
              split: Optional[str] = None,
              strategy: Optional[inference.InferenceStrategy] = None,
@@ -51,11 +55,24 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
              trimap_widths: Sequence[float] = (),
              crf: Optional[Any] = None,
              max_batches: Optional[int] = None,
+             mesh: Optional[Mesh] = None,
+             eval_iter: Optional[Iterable] = None,
+             num_panels: int = 0,
              progress: bool = True, log=print) -> Dict[str, Any]:
   """Evaluates `variables` on `split` of config.data; returns a JSON-able results dict.
 
+  The one evaluation of deeplax: `deeplax eval` and training's periodic evaluation both call it.
+  Sharded and jitted: variables replicated and each batch sharded on the 'data' axis of `mesh`
+  (default: every device); every process feeds its shard of the split (multi-host), local batches
+  padded to a multiple of the local devices (padding masked); the model runs with `strategy`
+  (output stride, scales, flip, tiles; `deeplax.inference`) and the confusion matrix of each batch
+  is computed on device. Trimap accuracy and the CRF run on each process's predictions; counts are
+  summed over processes.
   crf: a `deeplax.predict.CRFOptions`; the CRF runs on every image (cropped to its true size) and the
   results carry both 'metrics' (before) and 'crf' (after).
+  num_panels: process 0 returns that many prediction panels (image | ground truth | prediction,
+  `viz.prediction_panel`) as uint8 arrays in results['panels'] ([(image id, panel)]; not written
+  by `write_json`).
   """
   from deeplax import data
   num_classes = int(config.model.num_classes)
@@ -63,42 +80,68 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
   class_names, void_classes = _classes(config)
   strategy = strategy or inference.strategy_for(config.model)
   predict_fn = inference.make_predict_fn(config.model, strategy, output_stride)
-  variables = jax.device_put({k: variables[k] for k in ("params", "batch_stats") if k in variables})
-  confusion_fn = jax.jit(
-      lambda labels, scores, mask: metrics.confusion_matrix(
-          labels, jnp.argmax(scores, axis=-1), num_classes, mask, ignore_label=ignore))
+  mesh = mesh if mesh is not None else Mesh(np.asarray(jax.devices()), (MESH_AXIS,))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
+  local_devices = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+  keep_scores = crf is not None
+
+  def step(variables, image, label, mask):
+    scores = predict_fn(variables, image)
+    preds = jnp.argmax(scores, axis=-1)
+    confusion = metrics.confusion_matrix(label, preds, num_classes, mask, ignore_label=ignore)
+    return confusion, preds, (scores if keep_scores else None)
+
+  step = jax.jit(step, in_shardings=(replicated,) + (batch_sharding,) * 3,
+                 out_shardings=(replicated, batch_sharding,
+                                batch_sharding if keep_scores else None))
+  variables = jax.device_put({k: variables[k] for k in ("params", "batch_stats") if k in variables},
+                             replicated)
   widths = tuple(float(w) for w in trimap_widths)
   confusion = np.zeros((num_classes, num_classes), np.int64)
   trimap = np.zeros((len(widths), num_classes, num_classes), np.int64)
   crf_confusion = np.zeros_like(confusion)
   crf_trimap = np.zeros_like(trimap)
+  panels = []
+  palette = _palette(config) if num_panels else None
   num_images, start = 0, time.perf_counter()
-  for i, batch in enumerate(data.create_eval_iterator(config, split=split)):
+  batches = eval_iter if eval_iter is not None else data.create_eval_iterator(config, split=split)
+  for i, batch in enumerate(batches):
     if max_batches is not None and i >= max_batches:
       break
-    scores = predict_fn(variables, jnp.asarray(batch["image"]))
-    labels, mask = np.asarray(batch["label"]), np.asarray(batch["mask"]).astype(bool)
-    confusion += np.asarray(confusion_fn(labels, scores, mask), np.int64)
-    if widths or crf is not None:
-      preds = np.asarray(jnp.argmax(scores, axis=-1))
-    if widths:
-      trimap += metrics.trimap_confusion(labels, preds, num_classes, widths, mask, ignore)
-    if crf is not None:
-      crf_preds = _crf_batch(config, crf, np.asarray(scores), np.asarray(batch["image"]), batch)
-      crf_confusion += np.asarray(metrics.confusion_matrix(labels, crf_preds, num_classes, mask,
-                                                           ignore_label=ignore),
-                                  np.int64)
+    local = _pad_batch(batch, local_devices, ignore)
+    arrays = [jax.make_array_from_process_local_data(batch_sharding, local[k])
+              for k in ("image", "label", "mask")]
+    batch_confusion, preds, scores = step(variables, *arrays)
+    confusion += np.asarray(jax.device_get(batch_confusion), np.int64)
+    n = int(np.asarray(batch["image"]).shape[0])
+    real = local["height"][:n] > 0
+    num_images += int(real.sum())
+    if widths or crf is not None or len(panels) < num_panels:
+      labels, mask = local["label"][:n], local["mask"][:n]
+      local_preds = _local(preds)[:n]
       if widths:
-        crf_trimap += metrics.trimap_confusion(labels, crf_preds, num_classes, widths, mask,
+        trimap += metrics.trimap_confusion(labels, local_preds, num_classes, widths, mask, ignore)
+      if crf is not None:
+        crf_preds = _crf_batch(config, crf, _local(scores)[:n], local["image"][:n], local)
+        crf_confusion += np.asarray(metrics.confusion_matrix(
+            labels, crf_preds, num_classes, mask, ignore_label=ignore), np.int64)
+        if widths:
+          crf_trimap += metrics.trimap_confusion(labels, crf_preds, num_classes, widths, mask,
                                                  ignore)
-    num_images += int(mask.reshape(mask.shape[0], -1).any(axis=1).sum())
+      if jax.process_index() == 0 and len(panels) < num_panels:
+        panels += _panels(config, local, local_preds, palette, num_panels - len(panels))
     if progress:
       elapsed = time.perf_counter() - start
       m = metrics.segmentation_metrics(confusion, void_classes=void_classes)
       log(f"eval batch {i + 1}: {num_images} images, {num_images / elapsed:.2f} img/s, "
           f"running mIoU {100 * m['miou']:.2f}")
-  if num_images == 0:
-    raise ValueError(f"split {split!r} of dataset {config.data.get('name')!r} produced no images")
+  num_images, trimap, crf_confusion, crf_trimap = _sum_over_processes(
+      num_images, trimap, crf_confusion, crf_trimap)
+  if num_images == 0 or confusion.sum() == 0:
+    raise ValueError(f"split {split or config.data.get('eval_split')!r} of dataset "
+                     f"{config.data.get('name')!r} produced no images with valid pixels (empty "
+                     "split or everything ignored)")
   results: Dict[str, Any] = {
       "dataset": config.data.get("name", None),
       "split": split or config.data.get("eval_split", None), "num_images": num_images,
@@ -115,7 +158,64 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
                       "metrics": _summary(crf_confusion, class_names, void_classes)}
     if widths:
       results["crf"]["trimap"] = _trimap_summary(crf_trimap, widths, void_classes)
+  if num_panels:
+    results["panels"] = panels
   return results
+
+
+def _pad_batch(batch, multiple: int, ignore: int) -> Dict[str, np.ndarray]:
+  """The batch as NumPy, padded to a multiple of the local devices (padding: label `ignore`,
+  mask False, size 0)."""
+  arrays = {"image": np.asarray(batch["image"], np.float32),
+            "label": np.asarray(batch["label"], np.int32),
+            "mask": np.asarray(batch["mask"]).astype(bool),
+            "height": np.asarray(batch["height"], np.int32),
+            "width": np.asarray(batch["width"], np.int32)}
+  pad = -arrays["image"].shape[0] % multiple
+  if pad:
+    fill = {"image": 0, "label": ignore, "mask": False, "height": 0, "width": 0}
+    arrays = {k: np.concatenate([v, np.full((pad,) + v.shape[1:], fill[k], v.dtype)])
+              for k, v in arrays.items()}
+  arrays["id"] = list(np.asarray(batch["id"])) + [""] * pad
+  return arrays
+
+
+def _local(global_array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in order."""
+  shards = sorted(global_array.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def _sum_over_processes(*values):
+  if jax.process_count() == 1:
+    return values
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return tuple(np.asarray(multihost_utils.process_allgather(np.asarray(v))).sum(0).astype(
+      np.asarray(v).dtype) if np.ndim(v) else int(np.sum(multihost_utils.process_allgather(
+          np.asarray(v)))) for v in values)
+
+
+def _palette(config):
+  from deeplax import data
+  try:
+    return data.dataset_info(config.data).palette
+  except (ImportError, AttributeError, KeyError, ValueError):
+    return None
+
+
+def _panels(config, local, preds, palette, limit):
+  from deeplax import viz
+  images = _denormalize(config, local["image"][:preds.shape[0]])
+  out = []
+  for j in range(preds.shape[0]):
+    h, w = int(local["height"][j]), int(local["width"][j])
+    if len(out) >= limit or h == 0:
+      continue
+    image_id = local["id"][j]
+    image_id = image_id.decode() if isinstance(image_id, bytes) else str(image_id)
+    out.append((image_id, viz.prediction_panel(images[j, :h, :w], local["label"][j, :h, :w],
+                                               preds[j, :h, :w], palette)))
+  return out
 
 
 def _crf_batch(config, crf, scores_NHWC, images_NHWC, batch) -> np.ndarray:
@@ -168,11 +268,12 @@ def _jsonable(x):
 
 
 def write_json(results: Mapping[str, Any], path: str) -> None:
-  """Results as JSON (NaN, e.g. the IoU of a class absent from gt and prediction, becomes null)."""
+  """Results as JSON (NaN, e.g. the IoU of a class absent from gt and prediction, becomes null;
+  'panels' are left out)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(_jsonable(results), f, indent=2)
+    json.dump(_jsonable({k: v for k, v in results.items() if k != "panels"}), f, indent=2)
   os.replace(tmp, path)
 
 

@@ -244,7 +244,7 @@ def check_variables(model_config: ml_collections.ConfigDict, variables: Mapping[
                     + ", ".join(extra[:8]) + (" ..." if len(extra) > 8 else ""))
   if problems:
     raise ValueError(f"{source} variables do not match config.model "
-                     f"(name={model_config.get('name')}, backbone={model_config.get('backbone')}, "
+                     f"(name={model_config.get('name')}, backbone={_backbone_name(model_config)}, "
                      f"num_classes={model_config.get('num_classes')}):\n  - " + "\n  - ".join(problems))
 
 
@@ -259,3 +259,8 @@ def load_model(checkpoint: str, step: Optional[int] = None,
   config = run_config if config is None else config
   check_variables(config.model, variables, source=f"checkpoint {checkpoint!r} (step {step})")
   return config, variables
+
+
+def _backbone_name(model_config) -> str:
+  backbone = model_config.get("backbone", None)
+  return backbone.get("name", None) if hasattr(backbone, "get") else backbone

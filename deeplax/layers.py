@@ -77,15 +77,16 @@ def max_pool(x_NHWC: jax.Array, window: int, stride: int,
 
 def atrous_conv(features: int, kernel_size: int = 3, *, stride: int = 1, rate: int = 1,
                 use_bias: bool = False, feature_group_count: int = 1, dtype: Dtype = jnp.float32,
-                name: Optional[str] = None) -> nn.Conv:
+                kernel_init=None, name: Optional[str] = None) -> nn.Conv:
   """A k x k convolution at atrous `rate` with symmetric explicit padding (output ceil(H/stride))."""
   pad = symmetric_padding(kernel_size, rate)
+  if kernel_init is None:
+    kernel_init = conv_kernel_init if feature_group_count == 1 else depthwise_kernel_init
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
                  kernel_dilation=(rate, rate), padding=(pad, pad), use_bias=use_bias,
                  feature_group_count=feature_group_count, dtype=dtype,
                  param_dtype=at_least_float32(dtype),
-                 kernel_init=conv_kernel_init if feature_group_count == 1 else depthwise_kernel_init,
-                 conv_general_dilated=conv_general_dilated, name=name)
+                 kernel_init=kernel_init, conv_general_dilated=conv_general_dilated, name=name)
 
 
 BN_AXES = (0, 1, 2)

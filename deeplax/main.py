@@ -5,6 +5,9 @@ An existing workdir resumes from its latest checkpoint. Multi-host: pass `--dist
 DEEPLAX_DISTRIBUTED=1) so `jax.distributed.initialize()` runs first (arguments from the cluster
 environment, or --coordinator_address / --num_processes / --process_id).
 
+The console shows the progress line (step, loss, lr, images/s, ETA), the evaluation and real
+warnings; the libraries' INFO lines (orbax, TensorFlow) only with --verbosity=1.
+
 The launch re-executes itself once with glibc's transparent-huge-page malloc (deeplax.hugepages;
 DEEPLAX_HUGE_PAGES=0 turns it off).
 
@@ -20,6 +23,7 @@ Exit status (one message on stderr; the traceback too with --verbose):
 """
 
 import os
+import re
 import sys
 
 from absl import app
@@ -37,24 +41,66 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print tracebacks of the errors reported.")
 flags.mark_flags_as_required(["config", "workdir"])
 
+
+def _import_tensorflow_quietly(argv) -> None:
+  """Imports TensorFlow (the input pipeline's) with its C++ INFO lines (the oneDNN notice, which
+  no environment variable silences before absl::InitializeLog) dropped below --verbosity=1;
+  anything else it prints on stderr is passed on."""
+  if any(a.startswith(("--verbosity=", "-v=")) and a.split("=", 1)[1] not in ("0", "-1")
+         for a in argv):
+    return
+  import tempfile  # pylint: disable=g-import-not-at-top
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      pass
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      dropping = False
+      for line in captured:
+        if re.match(rb"[IWEF]\d{4} ", line) or b"absl::InitializeLog()" in line:
+          dropping = line.startswith(b"I") or b"absl::InitializeLog()" in line
+        if not dropping:  # INFO messages span lines: their continuation goes with them
+          sys.stderr.buffer.write(line)
+      sys.stderr.flush()
+
+
 BAD_INPUT_EXIT = 2
 LOCKED_EXIT = 3
 DIVERGED_EXIT = 4
 SAVE_FAILED_EXIT = 5
 
 
-class _QuietOrbax(logging.logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the progress log (warnings still show)."""
+# TensorFlow Datasets warnings that every deeplax run triggers and no user can act on: the builder
+# is configured per run (data.shapes, data.folder), and TFDS reads its own feature dtypes.
+_TFDS_CHATTER = ("Using custom data configuration", "has no dataset_info.json",
+                 "`FeatureConnector.dtype` is deprecated")
+
+
+class _QuietLibraries(logging.logging.Filter):
+  """Below --verbosity=1, keeps the libraries' INFO lines (orbax's per-save chatter, TensorFlow
+  Datasets, absl) and TFDS's per-run warnings out of the console: deeplax's own lines and every
+  other warning stay."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+    if logging.get_verbosity() >= 1 or f"{os.sep}deeplax{os.sep}" in record.pathname:
+      return True
+    if record.levelno < logging.logging.WARNING:  # the standard level; absl's WARNING is -1
+      return False
+    return not (f"{os.sep}tensorflow_datasets{os.sep}" in record.pathname
+                and any(text in record.getMessage() for text in _TFDS_CHATTER))
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_logger().addFilter(_QuietOrbax())
-  logging.get_absl_handler().python_handler.addFilter(_QuietOrbax())
+  logging.get_absl_logger().addFilter(_QuietLibraries())
+  logging.get_absl_handler().python_handler.addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
@@ -104,4 +150,5 @@ def _parse_flags(argv):
 if __name__ == "__main__":
   from deeplax import hugepages  # pylint: disable=g-import-not-at-top
   hugepages.reexec_with_huge_pages()
+  _import_tensorflow_quietly(sys.argv)
   app.run(main, flags_parser=_parse_flags)

@@ -28,28 +28,36 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 import optax
 
 from deeplax import checkpoint as ckpt_lib
 from deeplax import defaults
+from deeplax import convert as convert_lib
 from deeplax import divergence
+from deeplax import evaluate as evaluate_lib
+from deeplax import inference
 from deeplax import layers
 from deeplax import losses
 from deeplax import metrics as metrics_lib
 from deeplax import models
+from deeplax.models import backbones
 from deeplax import optim
+from deeplax import parallel as parallel_lib
 from deeplax import workdir_lock
 
-AXIS_NAME = "batch"   # pmap axis (config.model.bn_axis_name under pmap)
-MESH_AXIS = "data"    # mesh axis the batch is sharded on under jit
+AXIS_NAME = parallel_lib.AXIS_NAME
+MESH_AXIS = parallel_lib.MESH_AXIS
+JitParallel = parallel_lib.JitParallel
+PmapParallel = parallel_lib.PmapParallel
+make_parallel = parallel_lib.make_parallel
 PARALLELISMS = ("jit", "pmap")
 
 
@@ -157,11 +165,6 @@ def create_train_state(config, model, rng, image_shape: Sequence[int]):
   return state, tx
 
 
-def scaled_size(size: int, scale: float) -> int:
-  """DeepLab v2's input scaling: 321 -> 241 (0.75), 161 (0.5), i.e. (H-1)*s + 1."""
-  return size if scale == 1.0 else int((size - 1) * scale) + 1
-
-
 # --------------------------------------------------------------------------------------------
 # The train step.
 
@@ -198,7 +201,7 @@ def make_train_step(config, model, tx, axis_name: Optional[str] = None) -> Calla
       variables = {"params": params, "batch_stats": state["batch_stats"]}
       loss, new_batch_stats, scale_logits = 0.0, state["batch_stats"], []
       for i, scale in enumerate(scales):
-        size = (scaled_size(images.shape[1], scale), scaled_size(images.shape[2], scale))
+        size = inference.scaled_size(images.shape[1:3], scale)  # 321 -> 241, 161 (v2 §3.2)
         x = layers.resize_bilinear(images, size, align_corners=True)
         (_, features), updates = model.apply(
             variables, x, train=True, return_features=True, mutable=["batch_stats"],
@@ -259,161 +262,30 @@ def _all_finite(tree) -> jax.Array:
   return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
 
 
-def make_eval_step(model, num_classes: int, ignore_label: int = 255) -> Callable:
-  """`(variables, batch) -> int32 [C, C]` confusion matrix of the batch (padding masked)."""
-
-  def eval_step(variables, batch):
-    logits_NHWC = model.apply(variables, batch["image"], train=False)
-    preds_NHW = jnp.argmax(logits_NHWC, axis=-1)
-    confusion = metrics_lib.confusion_matrix(batch["label"], preds_NHW, num_classes,
-                                             mask_NHW=batch["mask"], ignore_label=ignore_label)
-    return confusion, preds_NHW
-
-  return eval_step
-
-
-# --------------------------------------------------------------------------------------------
-# Parallel forms.
-
-class JitParallel:
-  """The step under jax.jit over a 1-D device mesh; state replicated, batch sharded on 'data'."""
-
-  name = "jit"
-
-  def __init__(self, step_fn, devices=None):
-    self.mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), (MESH_AXIS,))
-    self.replicated = NamedSharding(self.mesh, P())
-    self.batch_sharding = NamedSharding(self.mesh, P(MESH_AXIS))
-    self.step = jax.jit(step_fn, in_shardings=(self.replicated, self.batch_sharding),
-                        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
-
-  def put_state(self, state):
-    return jax.device_put(state, self.replicated)
-
-  def get_state(self, state):
-    return state
-
-  def abstract_state(self, state):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=self.replicated),
-                        state)
-
-  def put_batch(self, batch):
-    """Process-local NumPy batch -> global arrays sharded on 'data'."""
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(batch[k]))
-            for k in ("image", "label")}
-
-  def get_metrics(self, metrics):
-    return jax.device_get(metrics)
-
-
-class PmapParallel:
-  """The step under jax.pmap over the local devices; state replicated along a leading axis."""
-
-  name = "pmap"
-
-  def __init__(self, step_fn, devices=None):
-    self.devices = list(devices if devices is not None else jax.local_devices())
-    self.step = jax.pmap(step_fn, axis_name=AXIS_NAME, devices=self.devices, donate_argnums=0)
-
-  def put_state(self, state):
-    n = len(self.devices)
-    stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
-    return jax.pmap(lambda x: x, devices=self.devices)(stacked)
-
-  def get_state(self, state):
-    return jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(state))
-
-  def abstract_state(self, state):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state)
-
-  def put_batch(self, batch):
-    n = len(self.devices)
-
-    def split(x):
-      x = np.asarray(x)
-      if x.shape[0] % n:
-        raise ValueError(f"local batch of {x.shape[0]} is not divisible by {n} local devices")
-      return x.reshape((n, x.shape[0] // n) + x.shape[1:])
-
-    return {k: split(batch[k]) for k in ("image", "label")}
-
-  def get_metrics(self, metrics):
-    return jax.tree.map(lambda x: np.asarray(x[0]), jax.device_get(metrics))
-
-
-def make_parallel(config, step_fn, devices=None):
-  if config.parallelism == "pmap":
-    return PmapParallel(step_fn, devices)
-  return JitParallel(step_fn, devices)
-
-
 # --------------------------------------------------------------------------------------------
 # Evaluation.
 
-def evaluate(config, model, variables, *, mesh: Optional[Mesh] = None, split: Optional[str] = None,
-             save_dir: Optional[str] = None, num_images_to_save: int = 0,
-             eval_iter: Optional[Iterable] = None) -> Dict[str, Any]:
-  """mIoU, per-class IoU and pixel accuracy over the eval split (confusion summed on device).
+def evaluate(config, variables, *, mesh: Optional[Mesh] = None, split: Optional[str] = None,
+             num_panels: int = 0, eval_iter: Optional[Iterable] = None) -> Dict[str, Any]:
+  """Training's periodic evaluation: `deeplax.evaluate.evaluate` (the function `deeplax eval`
+  runs), single-scale at config.model.output_stride, over `mesh`, quiet.
 
-  Each process feeds its shard of the split (deeplax.data.create_eval_iterator); local batches are
-  padded to a multiple of the local device count (padding masked out) and sharded on 'data'.
-  With `save_dir`, process 0 writes `num_images_to_save` prediction panels
-  (image | ground truth | prediction, deeplax.viz.prediction_panel) as PNGs.
+  Returns `metrics.segmentation_metrics` (mIoU, per-class IoU list, pixel accuracy, ...) plus
+  'confusion' and 'panels' (`num_panels` prediction panels of process 0, uint8 arrays).
   """
   from deeplax import data as data_lib  # the data pipeline imports TensorFlow
-  from deeplax import viz
-  mesh = mesh if mesh is not None else Mesh(np.asarray(jax.devices()), (MESH_AXIS,))
   info = data_lib.dataset_info(config.data)
   num_classes = int(config.model.num_classes)
   if info.num_classes != num_classes:
     raise ValueError(f"config.model.num_classes={num_classes} but dataset {info.name!r} has "
                      f"{info.num_classes} classes")
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P(MESH_AXIS))
-  eval_fn = jax.jit(make_eval_step(model, num_classes, ignore_label(config)),
-                    in_shardings=(replicated, batch_sharding),
-                    out_shardings=(replicated, batch_sharding))
-  variables = jax.device_put({"params": variables["params"],
-                              "batch_stats": variables.get("batch_stats", {})}, replicated)
-  eval_iter = eval_iter if eval_iter is not None else data_lib.create_eval_iterator(config, split=split)
-  local_shards = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
-  confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
-  saved, num_pixels = 0, 0
-  for batch in eval_iter:
-    arrays = {"image": np.asarray(batch["image"], np.float32),
-              "label": np.asarray(batch["label"], np.int32),
-              "mask": np.asarray(batch["mask"], bool)}
-    n = arrays["image"].shape[0]
-    pad = -n % local_shards
-    if pad:
-      fill = {"image": 0, "label": ignore_label(config), "mask": False}
-      arrays = {k: np.concatenate([v, np.full((pad,) + v.shape[1:], fill[k], v.dtype)])
-                for k, v in arrays.items()}
-    global_batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
-                    for k, v in arrays.items()}
-    batch_confusion, preds = eval_fn(variables, global_batch)
-    confusion = confusion + batch_confusion
-    num_pixels += int(arrays["mask"].sum())
-    if save_dir and saved < num_images_to_save and jax.process_index() == 0:
-      local_preds = np.concatenate([np.asarray(s.data) for s in sorted(
-          preds.addressable_shards, key=lambda s: s.index[0].start or 0)])
-      images = data_lib.denormalize(arrays["image"], config.data.normalization)
-      os.makedirs(save_dir, exist_ok=True)
-      for j in range(n):
-        h, w = int(batch["height"][j]), int(batch["width"][j])
-        if saved >= num_images_to_save or h == 0:
-          continue
-        panel = viz.prediction_panel(images[j, :h, :w], arrays["label"][j, :h, :w],
-                                     local_preds[j, :h, :w], info.palette)
-        image_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(batch["id"][j]))
-        viz.save_png(os.path.join(save_dir, f"{saved:02d}_{image_id}.png"), panel)
-        saved += 1
-  confusion = np.asarray(jax.device_get(confusion))
-  if confusion.sum() == 0:
-    raise ValueError("evaluation saw no valid pixels (empty split or everything ignored)")
+  results = evaluate_lib.evaluate(config, variables, split=split, mesh=mesh, eval_iter=eval_iter,
+                                  num_panels=num_panels, progress=False)
+  confusion = np.asarray(results["confusion_matrix"])
   result = dict(metrics_lib.segmentation_metrics(confusion, class_names=info.class_names,
                                                  void_classes=info.void_classes))
   result["confusion"] = confusion.tolist()
+  result["panels"] = results.get("panels", [])
   return result
 
 
@@ -446,16 +318,26 @@ def _format_seconds(s: float) -> str:
   return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _json_safe(x):
-  if isinstance(x, dict):
-    return {k: _json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_json_safe(v) for v in x]
-  if isinstance(x, (np.floating, float)):
-    return None if math.isnan(float(x)) else float(x)
-  if isinstance(x, np.integer):
-    return int(x)
-  return x
+def write_eval_outputs(workdir: str, step: int, result: Mapping[str, Any],
+                       panels: Sequence[Tuple[str, np.ndarray]], class_names, writer) -> None:
+  """<workdir>/eval/step_<step>.json, the prediction panels as PNGs in
+  eval/step_<step>_predictions/, and the same scalars and images (from the arrays) in TensorBoard."""
+  from deeplax import viz
+  eval_dir = os.path.join(workdir, "eval")
+  evaluate_lib.write_json(result, os.path.join(eval_dir, f"step_{step}.json"))
+  writer.scalar("eval/miou", result["miou"], step)
+  writer.scalar("eval/pixel_accuracy", result["pixel_accuracy"], step)
+  for name, iou in zip(class_names, result["per_class_iou"]):
+    if not math.isnan(iou):
+      writer.scalar(f"eval/iou/{name}", iou, step)
+  if panels:
+    os.makedirs(os.path.join(eval_dir, f"step_{step}_predictions"), exist_ok=True)
+  for i, (image_id, panel) in enumerate(panels):
+    safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in image_id)
+    viz.save_png(os.path.join(eval_dir, f"step_{step}_predictions", f"{i:02d}_{safe_id}.png"),
+                 panel)
+    writer.image(f"eval/prediction_{i}", panel, step)
+  writer.flush()
 
 
 def load_init_variables(init_from: str, variables: Dict[str, Any]) -> tuple:
@@ -543,12 +425,9 @@ _MISSING = "<missing>"
 
 
 def _flat(tree, prefix=""):
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flat(v, f"{prefix}{k}."))
-    return out if out or not prefix else {prefix[:-1]: {}}
-  return {prefix[:-1]: tree}
+  """{'a.b.c': leaf} of a config dict (empty sections kept as {})."""
+  return {prefix + ".".join(path): v
+          for path, v in convert_lib.flatten(tree, keep_empty=True).items()}
 
 
 def _jsonable(x):
@@ -561,11 +440,15 @@ def _model_view(model_dict: dict) -> Dict[str, Any]:
   """{'model.<field>': value} of the built module, so a key a config leaves out compares as the
   module's default; the config's own keys if it does not build."""
   try:
-    module = models.build(ml_collections.ConfigDict(model_dict))
+    model_config, _ = models.upgrade_config(ml_collections.ConfigDict(model_dict), report=False)
+    module = models.build(model_config)
+    backbone = dict(model_config.backbone.to_dict())
+    backbone = {**backbones.config(backbone["name"]).to_dict(), **backbone}
   except Exception:  # pylint: disable=broad-except
     return _flat(model_dict, "model.")
   view = {f"model.{f.name}": _jsonable(getattr(module, f.name))
-          for f in dataclasses.fields(module) if f.name not in ("parent", "name")}
+          for f in dataclasses.fields(module) if f.name not in ("parent", "name", "backbone")}
+  view.update({f"model.backbone.{k}": _jsonable(v) for k, v in backbone.items()})
   view["model.name"] = model_dict.get("name")
   return view
 
@@ -609,6 +492,8 @@ def reconcile_config(config: ml_collections.ConfigDict, workdir: str, resumed_st
     raise ValueError(f"{path} of the run being resumed is unreadable ({e}); restore it or start "
                      "a new workdir") from e
   changes = config_differences(old, new)
+  _, format_upgrade = models.upgrade_config(ml_collections.ConfigDict(old.get("model", {})),
+                                            report=False)
   model_changes = {k: v for k, v in changes.items()
                    if (k.startswith("model.") and k not in MODEL_TRAINING_KEYS)
                    or k in DATA_MODEL_KEYS}
@@ -619,7 +504,7 @@ def reconcile_config(config: ml_collections.ConfigDict, workdir: str, resumed_st
         f"(step {resumed_step}):\n{lines}\nUse a new workdir (with config.init_from={workdir!r} "
         "to start from these weights), or pass --config.allow_config_change=True to resume with "
         f"the change (recorded in {CONFIG_CHANGES_FILE}).")
-  if changes and write and jax.process_index() == 0:
+  if (changes or format_upgrade) and write and jax.process_index() == 0:
     record_path = os.path.join(workdir, CONFIG_CHANGES_FILE)
     records = []
     if os.path.exists(record_path):
@@ -628,26 +513,21 @@ def reconcile_config(config: ml_collections.ConfigDict, workdir: str, resumed_st
           records = json.load(f)
       except (OSError, ValueError) as e:
         raise ValueError(f"{record_path} is unreadable ({e}); move it away to resume") from e
-    records.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": int(resumed_step),
-                    "changes": {k: [_jsonable(o), _jsonable(n)] for k, (o, n) in changes.items()}})
-    _write_json_atomic(record_path, records)
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": int(resumed_step),
+              "changes": {k: [_jsonable(o), _jsonable(n)] for k, (o, n) in changes.items()}}
+    if format_upgrade:  # config.json of deeplax <= 1b78b68, rewritten in today's schema
+      record["format_upgrade"] = format_upgrade
+      logging.warning("%s was in the format of deeplax <= 1b78b68; rewritten in today's "
+                      "(recorded in %s): %s", path, CONFIG_CHANGES_FILE, "; ".join(format_upgrade))
+    records.append(record)
+    evaluate_lib.write_json(records, record_path)
     ckpt_lib.write_config(workdir, config)
     logging.info("config changes at step %d recorded in %s: %s", resumed_step, record_path,
                  ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changes.items()))
   return changes
 
 
-def _write_json_atomic(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
 def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
-  from deeplax import data as data_lib  # the data pipeline imports TensorFlow
-  is_main = jax.process_index() == 0
-  model = models.build(config.model)
   manager = ckpt_lib.checkpoint_manager(workdir, max_to_keep=None)  # rotation: `health` below
   try:
     return _run(config, workdir, manager, stop_at_step, step_callback)
@@ -656,12 +536,12 @@ def _train_and_evaluate(config, workdir, stop_at_step, step_callback):
       manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       logging.error("finishing the checkpoint saves of %s: %s", manager.directory,
-                    ckpt_lib._cause(e))  # reported as CheckpointSaveError where it matters
+                    ckpt_lib.cause(e))  # reported as CheckpointSaveError where it matters
     try:
       manager.close()
     except Exception as e:  # pylint: disable=broad-except
       logging.error("closing the checkpoint manager of %s: %s", manager.directory,
-                    ckpt_lib._cause(e))
+                    ckpt_lib.cause(e))
 
 
 def _run(config, workdir, manager, stop_at_step, step_callback):
@@ -717,7 +597,6 @@ def _run(config, workdir, manager, stop_at_step, step_callback):
   if is_main:
     from flax.metrics import tensorboard
     writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
-  eval_model = models.build(config.model)
   mesh = parallel.mesh if parallel.name == "jit" else Mesh(np.asarray(jax.devices()), (MESH_AXIS,))
   history = {"train": [], "eval": [], "preempted": False, "init_report": init_report}
   total = int(config.total_steps)
@@ -753,7 +632,7 @@ def _run(config, workdir, manager, stop_at_step, step_callback):
     if error is not None:
       e = error
       raise CheckpointSaveError(
-          f"saving a checkpoint to {manager.directory} failed ({ckpt_lib._cause(e)}); training "
+          f"saving a checkpoint to {manager.directory} failed ({ckpt_lib.cause(e)}); training "
           f"stopped at step {step_}. The last complete checkpoint is step "
           f"{ckpt_lib.latest_step(workdir)}; free space or fix the directory, then relaunch to "
           "resume from it.") from e
@@ -767,7 +646,7 @@ def _run(config, workdir, manager, stop_at_step, step_callback):
                                         force=force)
     except Exception as e:
       raise CheckpointSaveError(
-          f"saving checkpoint {step_} to {manager.directory} failed ({ckpt_lib._cause(e)}); "
+          f"saving checkpoint {step_} to {manager.directory} failed ({ckpt_lib.cause(e)}); "
           f"training stopped. The last complete checkpoint is step {ckpt_lib.latest_step(workdir)}; "
           "free space or fix the directory, then relaunch to resume from it.") from e
     if not saved:
@@ -784,7 +663,7 @@ def _run(config, workdir, manager, stop_at_step, step_callback):
         manager.delete(old_step)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("could not delete the old checkpoint %d in %s: %s", old_step,
-                        manager.directory, ckpt_lib._cause(e))
+                        manager.directory, ckpt_lib.cause(e))
 
   def stop_diverged(reason, step_):
     try:
@@ -810,7 +689,7 @@ def _run(config, workdir, manager, stop_at_step, step_callback):
                "(a config.grad_clip_norm, momentum or weight_decay switched on or off changes the "
                "optimizer state: start such a run in a new workdir with config.init_from)")
     else:
-      where = (f"No checkpoint of this run is known to be healthy; lower config.learning_rate "
+      where = ("No checkpoint of this run is known to be healthy; lower config.learning_rate "
                "or check the input data and relaunch (it starts from the beginning)")
     moved_text = (f" The checkpoints {moved}, not yet followed by {health.confirm_steps} healthy "
                   f"steps, were moved to {moved_dir}." if moved else "")
@@ -819,30 +698,18 @@ def _run(config, workdir, manager, stop_at_step, step_callback):
     raise TrainingDivergedError(f"{reason}; training stopped.{moved_text} {where}.")
 
   def run_eval(step_):
-    host_vars = parallel.get_state(state)
-    result = evaluate(config, eval_model, host_vars, mesh=mesh,
-                      save_dir=os.path.join(workdir, "eval", f"step_{step_}_predictions"),
-                      num_images_to_save=int(config.num_eval_images_to_save))
+    result = evaluate(config, parallel.get_state(state), mesh=mesh,
+                      num_panels=int(config.num_eval_images_to_save))
+    panels = result.pop("panels")
     result["step"] = step_
     history["eval"].append(result)
+    class_names = data_lib.dataset_info(config.data).class_names
     if is_main:
-      os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-      with open(os.path.join(workdir, "eval", f"step_{step_}.json"), "w") as f:
-        json.dump(_json_safe(result), f, indent=1)
-      writer.scalar("eval/miou", result["miou"], step_)
-      writer.scalar("eval/pixel_accuracy", result["pixel_accuracy"], step_)
-      for name, iou in zip(data_lib.dataset_info(config.data).class_names, result["per_class_iou"]):
-        if not math.isnan(iou):
-          writer.scalar(f"eval/iou/{name}", iou, step_)
-      pred_dir = os.path.join(workdir, "eval", f"step_{step_}_predictions")
-      if os.path.isdir(pred_dir):
-        from PIL import Image
-        for i, name in enumerate(sorted(os.listdir(pred_dir))):
-          panel = np.asarray(Image.open(os.path.join(pred_dir, name)).convert("RGB"))
-          writer.image(f"eval/prediction_{i}", panel, step_)
-      writer.flush()
-    logging.info("eval step %d: mIoU %.4f pixel accuracy %.4f", step_, result["miou"],
-                 result["pixel_accuracy"])
+      write_eval_outputs(workdir, step_, result, panels, class_names, writer)
+    per_class = "  ".join(f"{name} {iou:.3f}" for name, iou in zip(class_names,
+                                                                result["per_class_iou"]))
+    logging.info("eval step %d: mIoU %.4f  pixel accuracy %.4f\n  IoU: %s", step_, result["miou"],
+                 result["pixel_accuracy"], per_class)
     return result
 
   t_last, step_last = time.time(), step
@@ -907,6 +774,6 @@ def _run(config, workdir, manager, stop_at_step, step_callback):
         try:
           writer.close()
         except Exception as e:  # pylint: disable=broad-except
-          logging.error("closing the TensorBoard writer of %s: %s", workdir, ckpt_lib._cause(e))
+          logging.error("closing the TensorBoard writer of %s: %s", workdir, ckpt_lib.cause(e))
   history["step"] = step
   return history

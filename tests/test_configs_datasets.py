@@ -57,7 +57,7 @@ def test_config_builds_and_trains_two_steps(name, tmp_path):
   # Two train steps and the final evaluation on the fabricated release.
   root = str(tmp_path / "manual")
   make(root)
-  config.model.backbone = TINY_BACKBONES[config.model.backbone]
+  config.model.backbone.name = TINY_BACKBONES[config.model.backbone.name]
   config.data.manual_dir = root
   config.data.data_dir = str(tmp_path / "tfds")
   config.data.crop_size = 33

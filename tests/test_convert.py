@@ -66,7 +66,7 @@ def test_torchvision_state_dict_converts_completely(arch):
     target = {p: s for p, s in target.items() if p[1] == "backbone"}
   got = {p: v.shape for p, v in convert.flatten(variables).items()}
   assert got == target
-  assert config.model.resnet_layout == "torchvision" and config.model.align_corners is False
+  assert config.model.backbone.layout == "torchvision" and config.model.align_corners is False
   assert config.data.normalization == "imagenet"
 
 
@@ -110,7 +110,7 @@ def test_safetensors_round_trip_and_run_directory(tmp_path):
   save_file(state, path)
   config, variables, _ = tv.convert_file(path, "resnet50", str(tmp_path / "run"), log=lambda *_: None)
   loaded_config, loaded, _ = checkpoint.load_variables(str(tmp_path / "run"))
-  assert loaded_config.model.backbone == "resnet50"
+  assert loaded_config.model.backbone.name == "resnet50"
   np.testing.assert_array_equal(
       loaded["params"]["backbone"]["block1"]["unit_1"]["conv2"]["kernel"],
       state["layer1.0.conv2.weight"].transpose(2, 3, 1, 0))
@@ -256,7 +256,7 @@ def test_slim_checkpoint_converts_completely(slim_checkpoint, tmp_path):
   assert report.dropped == ["resnet_v1_50/logits/biases", "resnet_v1_50/logits/weights"]
   target = {p: s for p, s in convert.abstract_variables(config.model).items() if p[1] == "backbone"}
   assert {p: v.shape for p, v in convert.flatten(variables).items()} == target
-  assert config.model.resnet_layout == "slim"
+  assert config.model.backbone.layout == "slim"
   assert config.data.normalization == "vgg"  # slim's ImageNet ResNets: mean pixel subtracted only
   _, loaded, _ = checkpoint.load_variables(str(tmp_path / "run"))
   np.testing.assert_array_equal(

@@ -44,7 +44,7 @@ def test_legacy_run_restores_and_predicts_the_same_logits(legacy_run):
 
 def test_legacy_run_resumes_training(legacy_run, tmp_path):
   config = train_configs.tiny_config(str(tmp_path / "data"), total_steps=8)
-  config.model.multi_grid = (1, 2, 4)
+  config.model.backbone.multi_grid = (1, 2, 4)
   config.checkpoint_every_steps = 4
   config.eval_every_steps = 100
   config.num_eval_images_to_save = 0
@@ -52,3 +52,23 @@ def test_legacy_run_resumes_training(legacy_run, tmp_path):
   assert history["step"] == 8
   assert history["train"][0]["step"] == 5     # resumed after the fixture's step 4
   assert ckpt_lib.latest_step(legacy_run) == 8
+
+
+def test_resume_rewrites_the_legacy_config_and_records_it(legacy_run, tmp_path):
+  config = train_configs.tiny_config(str(tmp_path / "data"), total_steps=5)
+  config.model.backbone.multi_grid = (1, 2, 4)
+  config.checkpoint_every_steps = 5
+  config.eval_every_steps = 100
+  config.num_eval_images_to_save = 0
+  train.train_and_evaluate(config, legacy_run)
+  with open(os.path.join(legacy_run, "config.json")) as f:
+    model = json.load(f)["model"]
+  assert model["backbone"] == {"name": "resnet_tiny", "layout": "slim", "multi_grid": [1, 2, 4],
+                               "num_cascaded_blocks": 0}
+  assert "resnet_layout" not in model and model["head"] == "aspp"
+  with open(os.path.join(legacy_run, train.CONFIG_CHANGES_FILE)) as f:
+    record, = json.load(f)
+  assert record["step"] == 4
+  assert record["format_upgrade"][:2] == ["backbone 'resnet_tiny' -> backbone.name",
+                                          "resnet_layout -> backbone.layout"]
+  assert "aspp=True -> head='aspp'" in record["format_upgrade"]

@@ -11,6 +11,7 @@ import pathlib
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -19,6 +20,7 @@ from deeplax import models
 from deeplax.cli import load_config_file
 from deeplax.models import param_count
 from deeplax.models import aspp as aspp_lib
+from deeplax.models import backbones
 from deeplax.models import deeplab
 from deeplax.models import resnet
 
@@ -45,8 +47,10 @@ def jit_init(model, size=33):
   return jax.jit(lambda x: model.init(rng(), x, train=False))(jnp.zeros((1, size, size, 3)))
 
 
-def tiny_model(**overrides):
-  return models.build(deeplab.model_config(backbone="resnet_tiny", **overrides))
+def tiny_model(layout="slim", num_cascaded_blocks=0, multi_grid=None, **overrides):
+  backbone = backbones.config("resnet_tiny", layout=layout, multi_grid=multi_grid,
+                              num_cascaded_blocks=num_cascaded_blocks)
+  return models.build(deeplab.model_config(backbone=backbone, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +59,31 @@ def tiny_variables():
   out = {}
   for name in CONFIGS:
     cfg = load_config(name).model
-    cfg.backbone = "resnet_tiny"
+    cfg.backbone.name = "resnet_tiny"
     out[name] = jit_init(models.build(cfg))
   return out
 
 
 # ---- Every paper config: shapes at each output_stride and input size. -------------------------
 
+def output_strides(model_cfg):
+  """The output strides the config's ASPP rates scale to exactly (`aspp.scale_rates`): v2's
+  ASPP-L (6, 12, 18, 24) at OS 8 has no OS 32 form (r=6 would be 1.5), which must raise."""
+  if model_cfg.name != "deeplab_v2":
+    return OUTPUT_STRIDES
+  cfg = ml_collections.ConfigDict(model_cfg.to_dict())
+  cfg.output_stride = 32
+  with pytest.raises(ValueError, match="does not scale to an integer rate at output_stride 32"):
+    models.build(cfg).init(rng(), jnp.zeros((1, 33, 33, 3)))
+  return (8, 16)
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_resnet101_configs_shapes_and_tree_independent_of_output_stride(name):
   cfg = load_config(name)
-  assert cfg.model.backbone == "resnet101"
+  assert cfg.model.backbone.name == "resnet101"
   trees, counts = {}, {}
-  for os in OUTPUT_STRIDES:
+  for os in output_strides(cfg.model):
     cfg.model.output_stride = os
     model = models.build(cfg.model)
     variables = jax.eval_shape(lambda: model.init(rng(), jnp.zeros((1, 65, 65, 3))))
@@ -81,16 +97,16 @@ def test_resnet101_configs_shapes_and_tree_independent_of_output_stride(name):
       f = atrous.feature_size(size, os)
       assert features["logits_lowres"].shape == (2, f, f, 21)
       assert features["block4"].shape == (2, f, f, 2048)
-  assert trees[8] == trees[16] == trees[32]
-  assert counts[8] == counts[16] == counts[32] > 42_500_160
+  assert all(tree == trees[8] for tree in trees.values())
+  assert all(count == counts[8] for count in counts.values()) and counts[8] > 42_500_160
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_tiny_configs_compute(name, tiny_variables):
   cfg = load_config(name).model
-  cfg.backbone = "resnet_tiny"
+  cfg.backbone.name = "resnet_tiny"
   variables = tiny_variables[name]
-  for os in OUTPUT_STRIDES:
+  for os in output_strides(cfg):
     cfg.output_stride = os
     model = models.build(cfg)
     assert tree_shapes(jax.eval_shape(lambda: model.init(rng(), jnp.zeros((1, 33, 33, 3))))) \
@@ -103,7 +119,7 @@ def test_tiny_configs_compute(name, tiny_variables):
       assert np.all(np.isfinite(np.asarray(logits)))
       f = atrous.feature_size(size, os)
       assert features["logits_lowres"].shape == (1, f, f, 21)
-      last = "block7" if cfg.num_cascaded_blocks == 3 else "block4"
+      last = "block7" if cfg.backbone.num_cascaded_blocks == 3 else "block4"
       assert features[last].shape[1:3] == (f, f)
       s4 = atrous.feature_size(size, 4)
       assert features["stem"].shape[1:3] == features["low_level"].shape[1:3] == (s4, s4)
@@ -155,7 +171,7 @@ def test_layouts_same_tree_different_stride_positions():
   unit of a block, so block1 ends at stride 4 (torchvision) or 8 (slim)."""
   shapes = {}
   for layout in resnet.LAYOUTS:
-    model = tiny_model(resnet_layout=layout, num_cascaded_blocks=2, aspp=False)
+    model = tiny_model(layout=layout, num_cascaded_blocks=2, head="conv")
     v = jax.eval_shape(lambda: model.init(rng(), jnp.zeros((1, 64, 64, 3))))
     shapes[layout] = tree_shapes(v)
     _, f = jax.eval_shape(functools.partial(model.apply, return_features=True), v,
@@ -247,7 +263,7 @@ def test_schedule_errors():
     resnet.unit_strides_and_rates((3, 4, 6, 3), 16, num_cascaded_blocks=4)
   with pytest.raises(ValueError, match="not reachable"):
     resnet.unit_strides_and_rates((3, 4, 6, 3), 64)
-  with pytest.raises(ValueError, match="resnet_layout"):
+  with pytest.raises(ValueError, match="layout"):
     resnet.unit_strides_and_rates((3, 4, 6, 3), 16, "caffe")
 
 
@@ -259,8 +275,13 @@ def test_scale_rates():
   assert aspp_lib.scale_rates((6, 12, 18), 32, 16) == (3, 6, 9)
   assert aspp_lib.scale_rates((12, 24, 36), 16, 0) == (12, 24, 36)  # torchvision: as given
   assert aspp_lib.scale_rates((6, 12, 18, 24), 16, 8) == (3, 6, 9, 12)
-  assert aspp_lib.scale_rates((6, 12, 18, 24), 32, 8) == (2, 3, 5, 6)  # half up, at least 1
-  assert aspp_lib.scale_rates((2,), 32, 8) == (1,)
+  assert aspp_lib.scale_rates((12,), 32, 8) == (3,)                  # v1 fc6 r=12 at OS 32
+  # The one rule is exact: a rate that would need rounding (another field of view) raises.
+  with pytest.raises(ValueError, match=r"atrous rate 6 \(given at output stride 8\) does not "
+                     r"scale to an integer rate at output_stride 32"):
+    aspp_lib.scale_rates((6, 12, 18, 24), 32, 8)
+  with pytest.raises(ValueError, match="atrous rate 2"):
+    aspp_lib.scale_rates((2,), 32, 8)
 
 
 def test_aspp_v3_module():
@@ -298,7 +319,7 @@ def test_aspp_v2_vgg_style_branches_sum():
 
 
 def test_torchvision_head_and_aux_head():
-  model = tiny_model(resnet_layout="torchvision", aspp_rates=(12, 24, 36),
+  model = tiny_model(layout="torchvision", aspp_rates=(12, 24, 36),
                      aspp_rates_output_stride=0, aspp_dropout=0.5, head_extra_conv=True,
                      aux_head=True, output_stride=8, align_corners=False)
   x = jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32)
@@ -326,10 +347,11 @@ def test_bad_inputs():
       model.init(rng(), jnp.zeros((1, 33, 33, channels)))
   with pytest.raises(ValueError, match="output_stride"):
     tiny_model(output_stride=4).init(rng(), jnp.zeros((1, 33, 33, 3)))
-  cfg = deeplab.model_config(name="deeplab_v9")
+  cfg = deeplab.model_config()
+  cfg.name = "deeplab_v9"
   with pytest.raises(ValueError, match="unknown model name 'deeplab_v9'"):
     models.build(cfg)
-  with pytest.raises(ValueError, match="unknown ResNet backbone 'resnet18'"):
+  with pytest.raises(ValueError, match="unknown backbone 'resnet18' in config.model.backbone.name"):
     models.build(deeplab.model_config(backbone="resnet18"))
   cfg = deeplab.model_config()
   cfg.aspp_ratez = (1, 2)
@@ -413,17 +435,19 @@ def jit_init_block(block, x):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_command_line_overrides(name):
-  """The launch command's --config.model.* overrides reach the fields (flat ConfigDict fields)."""
+  """The launch command's --config.model.* overrides reach the fields, nested ones included."""
   from absl import flags
   from ml_collections import config_flags
-  argv = ["main", f"--config={CONFIG_DIR / name}.py", "--config.model.multi_grid=(1,2,1)",
-          "--config.model.output_stride=8", "--config.model.backbone=resnet_tiny",
+  argv = ["main", f"--config={CONFIG_DIR / name}.py", "--config.model.backbone.multi_grid=(1,2,1)",
+          "--config.model.output_stride=8", "--config.model.backbone.name=resnet_tiny",
           "--config.model.num_classes=5"]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
   flag_values(argv)
   cfg = flag_values.config
-  assert (cfg.model.multi_grid, cfg.model.output_stride, cfg.model.backbone,
+  assert (cfg.model.backbone.multi_grid, cfg.model.output_stride, cfg.model.backbone.name,
           cfg.model.num_classes) == ((1, 2, 1), 8, "resnet_tiny", 5)
   model = models.build(cfg.model)
-  assert (model.multi_grid, model.output_stride, model.num_classes) == ((1, 2, 1), 8, 5)
+  assert (model.backbone.keywords["multi_grid"], model.backbone.keywords["spec"],
+          model.output_stride, model.num_classes) == (
+              (1, 2, 1), resnet.BACKBONES["resnet_tiny"], 8, 5)

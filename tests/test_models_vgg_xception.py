@@ -22,6 +22,8 @@ from deeplax import ops
 from deeplax import models
 from deeplax.cli import load_config_file
 from deeplax.models import param_count
+from deeplax.models import aspp as aspp_lib
+from deeplax.models import backbones
 from deeplax.models import deeplab_v3plus
 from deeplax.models import vgg
 from deeplax.models import xception
@@ -86,8 +88,8 @@ def traced_convs(model, variables, size):
 
 
 def tiny_v1(**fields):
-  return models.build(vgg.model_config(stage_widths=TINY_STAGES, fc_features=16, num_classes=5,
-                                       **fields))
+  return models.build(vgg.model_config(backbone=backbones.config("vgg16", stage_widths=TINY_STAGES),
+                                       fc_features=16, num_classes=5, **fields))
 
 
 def tiny_v3plus(**fields):
@@ -170,7 +172,8 @@ def test_config_docstrings_and_fields():
   assert (v1.fc6_kernel_size, tuple(v1.fc6_rates), v1.fc_features) == (3, (12,), 1024)
   assert v1.output_stride == 8
   v3p = load_config("deeplab_v3plus_xception65").model
-  assert (v3p.backbone, v3p.output_stride, tuple(v3p.aspp_rates)) == ("xception65", 16, (6, 12, 18))
+  assert (v3p.backbone.name, v3p.output_stride, tuple(v3p.aspp_rates)) == ("xception65", 16,
+                                                                        (6, 12, 18))
   assert (v3p.decoder_low_level_features, v3p.decoder_features) == (48, 256)
 
 
@@ -244,9 +247,10 @@ def test_vgg_even_kernel_padding_at_rate_1():
 
 
 def test_vgg_fc6_rate_must_scale_to_integer():
-  assert [vgg.fc6_rate_at(12, os_) for os_ in OUTPUT_STRIDES] == [12, 6, 3]
-  model = models.build(vgg.model_config(fc6_rates=vgg.ASPP_S_RATES, output_stride=32))
-  with pytest.raises(ValueError, match="fc6 rate 2 .* output_stride 32"):
+  assert [aspp_lib.scale_rates((12,), os_, vgg.PAPER_OUTPUT_STRIDE)
+          for os_ in OUTPUT_STRIDES] == [(12,), (6,), (3,)]
+  model = models.build(vgg.model_config(fc6_rates=aspp_lib.ASPP_S_RATES, output_stride=32))
+  with pytest.raises(ValueError, match="atrous rate 2 .* output_stride 32"):
     shape_init(model, 65)
   with pytest.raises(ValueError, match="3x3 fc6"):
     shape_init(models.build(vgg.model_config(fc6_rates=(4, 8), fc6_kernel_size=4)), 65)
@@ -254,7 +258,7 @@ def test_vgg_fc6_rate_must_scale_to_integer():
 
 def test_vgg_aspp_l_branches():
   """v2 Fig. 7: four fc6-fc7-fc8 branches (3x3, 1024), rates (6, 12, 18, 24), scores summed."""
-  model = models.build(vgg.model_config(fc6_rates=vgg.ASPP_L_RATES))
+  model = models.build(vgg.model_config(fc6_rates=aspp_lib.ASPP_L_RATES))
   variables = shape_init(model, 65, batch=1)
   branches = variables["params"]["aspp"]
   assert sorted(branches) == [f"branch{i}" for i in range(4)]
@@ -262,7 +266,7 @@ def test_vgg_aspp_l_branches():
     assert branch["fc6"]["kernel"].shape == (3, 3, 512, 1024)
     assert branch["fc8"]["kernel"].shape == (1, 1, 1024, 21)
   fc6 = [c for c in traced_convs(model, variables, 65) if c["rhs"] == (3, 3, 512, 1024)]
-  assert [c["dilation"][0] for c in fc6] == list(vgg.ASPP_L_RATES)
+  assert [c["dilation"][0] for c in fc6] == list(aspp_lib.ASPP_L_RATES)
 
 
 @pytest.fixture(scope="module")
@@ -414,7 +418,8 @@ def test_v3plus_decoder_and_separable_convs(config_variables):
 def test_v3plus_resnet_backbones():
   for backbone, layout, low_channels in (("resnet101", "slim", 256),
                                          ("resnet50", "torchvision", 256)):
-    model = models.build(deeplab_v3plus.model_config(backbone=backbone, resnet_layout=layout))
+    model = models.build(deeplab_v3plus.model_config(
+        backbone=backbones.config(backbone, layout=layout)))
     variables = shape_init(model, 65, batch=1)
     assert variables["params"]["decoder"]["low_level_projection"]["conv"]["kernel"].shape == (
         1, 1, low_channels, 48)
@@ -441,7 +446,8 @@ def test_v3plus_tiny_compute_at_every_output_stride(output_stride, v3plus_tiny_v
 
 def test_v3plus_resnet_tiny_compute():
   """ResNet backbone, torchvision layout: low_level = block1 output (stride 4)."""
-  model = tiny_v3plus(backbone="resnet_tiny", resnet_layout="torchvision", output_stride=8)
+  model = tiny_v3plus(backbone=backbones.config("resnet_tiny", layout="torchvision"),
+                      output_stride=8)
   variables = jit_init(model)
   logits, features = forward(model, variables, images(33), return_features=True)
   assert logits.shape == (1, 33, 33, 5)
@@ -518,14 +524,19 @@ def test_bad_input_errors(build):
 
 
 def test_bad_config_errors():
-  with pytest.raises(ValueError, match="unknown config.model keys .* \\['fc6_rate'\\]"):
-    models.build(vgg.model_config(fc6_rate=12))
-  with pytest.raises(ValueError, match="must be 'vgg16'"):
-    models.build(vgg.model_config(backbone="resnet101"))
-  with pytest.raises(ValueError, match="unknown config.model.backbone 'xception71'"):
-    models.build(deeplab_v3plus.model_config(backbone="xception71"))
-  with pytest.raises(ValueError, match="unknown config.model keys .* \\['decoder_width'\\]"):
-    models.build(deeplab_v3plus.model_config(decoder_width=256))
+  config = vgg.model_config()
+  config.fc6_rate = 12
+  with pytest.raises(ValueError, match=r"unknown key 'fc6_rate' in config.model \(deeplab_v1\); "
+                     r"valid keys: .*fc6_rates"):
+    models.build(config)
+  with pytest.raises(ValueError, match="unknown key 'fc6_rate' in DeepLabV1 options"):
+    vgg.model_config(fc6_rate=12)
+  with pytest.raises(ValueError, match="unknown backbone 'xception71'"):
+    deeplab_v3plus.model_config(backbone="xception71")
+  config = deeplab_v3plus.model_config()
+  config.decoder_width = 256
+  with pytest.raises(ValueError, match="unknown key 'decoder_width' in config.model"):
+    models.build(config)
   with pytest.raises(ValueError, match="config.model.dtype"):
     models.build(deeplab_v3plus.model_config(dtype="float64"))
   with pytest.raises(ValueError, match="unknown Table 1 variant"):

@@ -226,7 +226,7 @@ def test_no_intact_checkpoint_is_an_error_naming_each_and_nothing_moves(config, 
 
 def _main_command(workdir, data_dir, *overrides):
   return [sys.executable, "-m", "deeplax.main", "--config=configs/shapes.py", f"--workdir={workdir}",
-          "--config.model.backbone=resnet_tiny", "--config.model.aspp_features=16",
+          "--config.model.backbone.name=resnet_tiny", "--config.model.aspp_features=16",
           "--config.data.crop_size=49", "--config.data.shapes.num_train=32",
           "--config.data.shapes.num_val=8", "--config.data.shapes.min_size=64",
           "--config.data.shapes.max_size=80", "--config.data.eval_pad_size=81",

@@ -42,7 +42,7 @@ def test_loss_falls_and_miou_rises(config, full_run):
   prepared = train.prepare_config(config)
   model = models.build(prepared.model)
   init_state, _ = train.create_train_state(prepared, model, jax.random.PRNGKey(0), (1, 33, 33, 3))
-  before = train.evaluate(prepared, model, init_state)
+  before = train.evaluate(prepared, init_state)
   after = history["eval"][-1]
   assert after["miou"] > before["miou"] + 0.2, (before["miou"], after["miou"])
   assert after["pixel_accuracy"] > before["pixel_accuracy"] + 0.1

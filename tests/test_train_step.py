@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from deeplax import defaults
+from deeplax import evaluate as evaluate_lib
+from deeplax import inference
 from deeplax import models
 from deeplax import train
 from deeplax.models import deeplab
@@ -164,7 +166,7 @@ def test_target_modes_and_multiscale_learn(overrides):
 
 
 def test_multiscale_sizes():
-  assert [train.scaled_size(321, s) for s in (1.0, 0.75, 0.5)] == [321, 241, 161]
+  assert [inference.scaled_size((321, 321), s)[0] for s in (1.0, 0.75, 0.5)] == [321, 241, 161]
 
 
 def test_config_errors():
@@ -205,11 +207,16 @@ def test_ignore_label_is_honoured_by_loss_gradients_and_confusion():
                                          (BATCH, CROP, CROP, 3))
     new_state, metrics = jax.jit(train.make_train_step(config, model, tx))(state, data)
     variables = {"params": new_state["params"], "batch_stats": new_state["batch_stats"]}
-    eval_step = train.make_eval_step(model, NUM_CLASSES, train.ignore_label(config))
-    confusion, _ = jax.jit(eval_step)(variables, dict(data, mask=np.ones(data["label"].shape, bool)))
+    eval_batch = dict(data, mask=np.ones(data["label"].shape, bool),
+                      height=np.full(BATCH, CROP), width=np.full(BATCH, CROP),
+                      id=np.array([f"b{i}" for i in range(BATCH)]))
+    evaluated = evaluate_lib.evaluate(config, variables, eval_iter=[eval_batch], progress=False)
     results[ignore] = (float(metrics["loss"]), float(metrics["grad_norm"]),
-                       jax.device_get(new_state["params"]), np.asarray(confusion))
-  (loss_a, grad_a, params_a, conf_a), (loss_b, grad_b, params_b, conf_b) = results[255], results[254]
+                       jax.device_get(new_state["params"]),
+                       np.asarray(evaluated["confusion_matrix"]), evaluated["metrics"]["miou"])
+  (loss_a, grad_a, params_a, conf_a, miou_a), (loss_b, grad_b, params_b, conf_b, miou_b) = (
+      results[255], results[254])
+  assert miou_a == miou_b
   np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
   np.testing.assert_allclose(grad_b, grad_a, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7), params_a, params_b)

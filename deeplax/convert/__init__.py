@@ -49,11 +49,13 @@ class Rule:
   transform: Optional[Callable[[np.ndarray], np.ndarray]] = None
 
 
-def flatten(tree: Mapping[str, Any], prefix: Path = ()) -> Dict[Path, Any]:
+def flatten(tree: Mapping[str, Any], prefix: Path = (), keep_empty: bool = False
+            ) -> Dict[Path, Any]:
+  """{path tuple: leaf}; with `keep_empty` an empty mapping is a leaf ({}) rather than dropped."""
   out = {}
   for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, prefix + (str(k),)))
+    if isinstance(v, Mapping) and (v or not keep_empty):
+      out.update(flatten(v, prefix + (str(k),), keep_empty))
     else:
       out[prefix + (str(k),)] = v
   return out

@@ -3,7 +3,7 @@
 Slim's resnet_v1 (tensorflow/models research/slim/nets/resnet_v1.py) differs from torchvision's
 ResNet: the stride sits in the LAST unit of block1..block3 (3x3 conv2 via `conv2d_same`, explicit
 symmetric padding), a strided unit's shortcut is a 1x1 subsampling (no parameters), and the stem max
-pool pads 'SAME'. The deeplax backbone reproduces that with config.model.resnet_layout = 'slim', so
+pool pads 'SAME'. The deeplax backbone reproduces that with config.model.backbone.layout = 'slim', so
 the weights compute what they computed in slim. Kernels are already HWIO; BN has gamma (scale),
 beta, moving_mean, moving_variance, epsilon 1e-5 (resnet_arg_scope).
 
@@ -25,14 +25,18 @@ from deeplax import convert
 from deeplax.convert import ConversionError, Rule
 
 ARCHS = {"resnet_v1_50": "resnet50", "resnet_v1_101": "resnet101"}
-BLOCK_UNITS = {"resnet_v1_50": (3, 4, 6, 3), "resnet_v1_101": (3, 4, 23, 3)}
-WIDTHS = (64, 128, 256, 512)
 BN_SUFFIXES = {"gamma": ("params", "scale"), "beta": ("params", "bias"),
                "moving_mean": ("batch_stats", "mean"), "moving_variance": ("batch_stats", "var")}
 # slim's vgg_preprocessing (used to train the slim ResNet v1 checkpoints): RGB in [0, 255] minus
 # the ImageNet channel means (123.68, 116.78, 103.94), no scaling.
 # deeplax.data's name for that preprocessing (the official DeepLab code feeds resnet_v1_* the same).
 SLIM_NORMALIZATION = "vgg"
+
+
+def _spec(arch: str):
+  """The ResNet depth table of `arch` (deeplax's, `resnet.BACKBONES`)."""
+  from deeplax.models import resnet  # pylint: disable=g-import-not-at-top
+  return resnet.BACKBONES[ARCHS[arch]]
 
 
 def _check_arch(arch: str) -> None:
@@ -52,7 +56,7 @@ def variable_shapes(arch: str, num_classes: int = 1000) -> Dict[str, Tuple[int, 
 
   conv_bn(f"{arch}/conv1", 7, 3, 64)
   channels = 64
-  for b, (units, width) in enumerate(zip(BLOCK_UNITS[arch], WIDTHS)):
+  for b, (units, width) in enumerate(zip(_spec(arch).block_units, _spec(arch).widths)):
     for u in range(units):
       name = f"{arch}/block{b + 1}/unit_{u + 1}/bottleneck_v1"
       if u == 0:
@@ -78,7 +82,7 @@ def rules(arch: str) -> List[Rule]:
   _check_arch(arch)
   bb = ("backbone",)
   out = _conv_bn_rules(f"{arch}/conv1", bb + ("conv1",), bb + ("bn1",))
-  for b, units in enumerate(BLOCK_UNITS[arch]):
+  for b, units in enumerate(_spec(arch).block_units):
     for u in range(units):
       src = f"{arch}/block{b + 1}/unit_{u + 1}/bottleneck_v1"
       dst = bb + (f"block{b + 1}", f"unit_{u + 1}")
@@ -107,11 +111,12 @@ def converted_config(arch: str):
   """DeepLabv3 (v3 §4.3: OS 16, Multi-Grid (1, 2, 4), ASPP (6, 12, 18)) on the slim backbone."""
   import ml_collections
   from deeplax import defaults
-  from deeplax.models import deeplab
+  from deeplax.models import backbones, deeplab
   _check_arch(arch)
   config = defaults.get_base_config()
-  config.model = deeplab.model_config(backbone=ARCHS[arch], resnet_layout="slim",
-                                      output_stride=16, multi_grid=(1, 2, 4), bn_epsilon=1e-5,
+  config.model = deeplab.model_config(backbone=backbones.config(ARCHS[arch], layout="slim",
+                                                                multi_grid=(1, 2, 4)),
+                                      output_stride=16, bn_epsilon=1e-5,
                                       align_corners=True)
   from deeplax import data
   c = data.default_data_config()
@@ -136,10 +141,10 @@ def convert_variables(variables: Mapping[str, np.ndarray], arch: str):
     raise ConversionError(f"--arch {arch} does not match the checkpoint: its variables are under "
                           f"'{scope}/'" + (f"; use --arch {scope}" if scope in ARCHS else ""))
   units3 = {n.split("/")[2] for n in variables if n.startswith(f"{arch}/block3/")}
-  if units3 and len(units3) != BLOCK_UNITS[arch][2]:
+  if units3 and len(units3) != _spec(arch).block_units[2]:
     depth = {6: "resnet_v1_50", 23: "resnet_v1_101"}.get(len(units3), "an unknown depth")
     raise ConversionError(f"--arch {arch} does not match the checkpoint: block3 has {len(units3)} "
-                          f"units ({depth}), {arch} has {BLOCK_UNITS[arch][2]}")
+                          f"units ({depth}), {arch} has {_spec(arch).block_units[2]}")
   config = converted_config(arch)
   target = {p: s for p, s in convert.abstract_variables(config.model).items() if p[1] == "backbone"}
   ignored = [n for n in variables if n == "global_step"]
@@ -153,7 +158,7 @@ def convert_checkpoint(prefix: str, arch: str, output_dir: Optional[str] = None,
   """Reads a slim checkpoint, converts it and (with `output_dir`) writes a deeplax run directory."""
   config, variables, report = convert_variables(read_checkpoint(prefix), arch)
   config.source.file = os.path.abspath(prefix)
-  log(f"{prefix}: TF-slim {arch} -> deeplax backbone {config.model.backbone} (layout 'slim')\n"
+  log(f"{prefix}: TF-slim {arch} -> deeplax backbone {config.model.backbone.name} (layout 'slim')\n"
       + report.summary())
   if output_dir is not None:
     from deeplax import checkpoint

@@ -36,12 +36,16 @@ from deeplax import convert
 from deeplax.convert import ConversionError, Rule, conv_kernel_from_oihw
 
 ARCHS = ("deeplabv3_resnet50", "deeplabv3_resnet101", "resnet50", "resnet101")
-BLOCK_UNITS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
-WIDTHS = (64, 128, 256, 512)
 
 # torchvision.transforms.Normalize for every torchvision classification/segmentation model.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _spec(arch: str):
+  """The ResNet depth table of `arch`'s backbone (deeplax's, `resnet.BACKBONES`)."""
+  from deeplax.models import resnet  # pylint: disable=g-import-not-at-top
+  return resnet.BACKBONES[backbone_name(arch)]
 
 
 def backbone_name(arch: str) -> str:
@@ -76,7 +80,7 @@ def state_dict_shapes(arch: str, num_classes: int = 21, aux: bool = True
   conv(f"{prefix}conv1", 64, 3, 7)
   bn(f"{prefix}bn1", 64)
   channels = 64
-  for b, (units, width) in enumerate(zip(BLOCK_UNITS[backbone_name(arch)], WIDTHS)):
+  for b, (units, width) in enumerate(zip(_spec(arch).block_units, _spec(arch).widths)):
     for u in range(units):
       name = f"{prefix}layer{b + 1}.{u}"
       conv(f"{name}.conv1", width, channels, 1)
@@ -198,10 +202,11 @@ def converted_config(arch: str, num_classes: int = 21, aux_head: bool = True):
   """
   import ml_collections
   from deeplax import defaults
-  from deeplax.models import deeplab
+  from deeplax.models import backbones, deeplab
   _check_arch(arch)
   config = defaults.get_base_config()
-  common = dict(backbone=backbone_name(arch), resnet_layout="torchvision", multi_grid=(1, 1, 1),
+  common = dict(backbone=backbones.config(backbone_name(arch), layout="torchvision",
+                                          multi_grid=(1, 1, 1)),
                 num_classes=int(num_classes), align_corners=False, bn_epsilon=1e-5,
                 bn_momentum=0.9)  # torchvision BatchNorm2d: eps 1e-5, momentum 0.1 (= decay 0.9)
   if arch.startswith("deeplabv3_"):
@@ -236,7 +241,7 @@ def rules(arch: str, aux: bool = True) -> List[Rule]:
   p = "backbone." if segmentation else ""
   bb = ("backbone",)
   out = [_conv_rule(f"{p}conv1", bb + ("conv1",))] + _bn_rules(f"{p}bn1", bb + ("bn1",))
-  for b, units in enumerate(BLOCK_UNITS[backbone_name(arch)]):
+  for b, units in enumerate(_spec(arch).block_units):
     for u in range(units):
       src, dst = f"{p}layer{b + 1}.{u}", bb + (f"block{b + 1}", f"unit_{u + 1}")
       for k in (1, 2, 3):
@@ -278,7 +283,7 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: str, *, drop_aux: 
     raise ConversionError(
         f"--arch {arch} does not match the weights: they are a torchvision {detected} state dict "
         f"({'has' if detected.startswith('deeplabv3_') else 'no'} 'backbone.*'/'classifier.*' keys, "
-        f"{BLOCK_UNITS[backbone_name(detected)][2]} units in layer3); use --arch {detected}")
+        f"{_spec(detected).block_units[2]} units in layer3); use --arch {detected}")
   segmentation = arch.startswith("deeplabv3_")
   num_classes = 21
   if segmentation:
@@ -307,7 +312,7 @@ def convert_file(path: str, arch: str, output_dir: Optional[str] = None, *, drop
   state = read_state_dict(path)
   config, variables, report = convert_state_dict(state, arch, drop_aux=drop_aux)
   config.source.file = os.path.abspath(path)
-  log(f"{path}: torchvision {arch} -> deeplax {config.model.name}/{config.model.backbone} "
+  log(f"{path}: torchvision {arch} -> deeplax {config.model.name}/{config.model.backbone.name} "
       f"({config.model.num_classes} classes, output_stride {config.model.output_stride})\n"
       + report.summary())
   if output_dir is not None:

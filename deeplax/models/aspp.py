@@ -9,7 +9,6 @@
 """
 
 import functools
-import math
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -29,27 +28,65 @@ LARGE_FOV_RATES = (12,)
 
 def scale_rates(rates: Sequence[int], output_stride: int,
                 rates_output_stride: Optional[int]) -> tuple:
-  """ASPP rates at `output_stride` given rates configured for `rates_output_stride`.
+  """Atrous rates at `output_stride` given rates configured for `rates_output_stride`.
 
-  Each rate becomes r * rates_output_stride / output_stride rounded half up, at least 1 (v3 §3.3: "the rates
-  are doubled when output_stride = 8", i.e. (6, 12, 18) at OS 16 is (12, 24, 36) at OS 8 and
-  (3, 6, 9) at OS 32). `rates_output_stride` None or 0 uses the rates as given at every output_stride.
+  The one rate-scaling rule of deeplax (ASPP of v2/v3/v3+, the v1 fc6): each rate becomes
+  r * rates_output_stride / output_stride, which must be an integer >= 1, so the field of view in
+  input pixels is exactly the configured one (v3 §3.3: "the rates are doubled when
+  output_stride = 8", (6, 12, 18) at OS 16 is (12, 24, 36) at 8 and (3, 6, 9) at 32; v2 §4.1:
+  fc6 r=12 at OS 8 is r=6 at 16). A rate that does not scale exactly raises ValueError rather
+  than being rounded to another field of view. `rates_output_stride` None or 0 uses the rates as
+  given at every output_stride (torchvision's convention).
   """
   if not rates_output_stride:
     return tuple(int(r) for r in rates)
-  return tuple(max(1, math.floor(r * rates_output_stride / output_stride + 0.5)) for r in rates)
+  scaled = []
+  for r in rates:
+    rate, remainder = divmod(int(r) * int(rates_output_stride), int(output_stride))
+    if remainder or rate < 1:
+      raise ValueError(
+          f"atrous rate {r} (given at output stride {rates_output_stride}) does not scale to an "
+          f"integer rate at output_stride {output_stride}: {r} * {rates_output_stride} / "
+          f"{output_stride}; give rates that do, or rates_output_stride=0 to use them as given")
+    scaled.append(rate)
+  return tuple(scaled)
+
+
+class FcBranch(nn.Module):
+  """One fc6-fc7-fc8 branch (v2 §3.1, §3.2): fc6 k x k at atrous `rate` (`features` wide) -> ReLU
+  -> dropout -> fc7 1x1 -> ReLU -> dropout -> fc8 1x1 to the class scores, with biases and no BN.
+
+  DeepLab-v1's head (one branch, any Table 1 kernel) and each branch of `ASPPv2`. With
+  `features=None` the branch is a single k x k atrous conv 'conv' straight to the scores (the
+  released DeepLab-v2 ResNet-101, v2 §4.1: "adding an atrous convolutional layer on top of ResNet,
+  with 3x3 kernel"). The class-score layer starts from N(0, 0.01) as the released models.
+  """
+  num_classes: int
+  kernel_size: int = 3
+  rate: int = 12
+  features: Optional[int] = 1024
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    conv = functools.partial(layers.atrous_conv, use_bias=True, dtype=self.dtype)
+    scores = functools.partial(conv, self.num_classes, kernel_init=score_kernel_init)
+    if self.features is None:
+      return scores(self.kernel_size, rate=self.rate, name="conv")(x)
+    x = layers.relu(conv(self.features, self.kernel_size, rate=self.rate, name="fc6")(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = layers.relu(conv(self.features, 1, name="fc7")(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return scores(1, name="fc8")(x)
 
 
 class ASPPv2(nn.Module):
-  """DeepLab-v2 ASPP head: `len(rates)` parallel branches, class scores summed (v2 Fig. 4, Fig. 7).
-
-  With `features` an int, each branch is fc6 (3x3 atrous conv at rate r, `features` wide) -> ReLU ->
-  dropout -> fc7 (1x1, `features`) -> ReLU -> dropout -> fc8 (1x1 to `num_classes`), as in the VGG-16
-  DeepLab-ASPP (features=1024). With `features=None` each branch is a single 3x3 atrous conv straight
-  to the class scores, as in the released DeepLab-v2 ResNet-101 (v2 §4.1: "adding an atrous
-  convolutional layer on top of ResNet, with 3x3 kernel"). All convs have biases and no BN.
-  Params: branch{i}/{fc6, fc7, fc8} or branch{i}/conv, i = 0.. (indexed, so the tree does not depend
-  on the rates). Call: `ASPPv2(rates, num_classes)(x_NHWC, train) -> scores_NHWC`.
+  """DeepLab-v2 ASPP head: `len(rates)` parallel 3x3 `FcBranch`es, class scores summed (v2 Fig. 4,
+  Fig. 7). `features` 1024: fc6-fc7-fc8 branches (VGG-16 DeepLab-ASPP); None: one conv each (the
+  released ResNet-101 model). Params: branch{i}/{fc6, fc7, fc8} or branch{i}/conv, i = 0..
+  (indexed, so the tree does not depend on the rates).
+  Call: `ASPPv2(rates, num_classes)(x_NHWC, train) -> scores_NHWC`.
   """
   rates: Sequence[int]
   num_classes: int
@@ -61,31 +98,10 @@ class ASPPv2(nn.Module):
   def __call__(self, x, train: bool = False):
     scores = None
     for i, rate in enumerate(self.rates):
-      y = _V2Branch(rate, self.num_classes, self.features, self.dropout_rate, self.dtype,
-                    name=f"branch{i}")(x, train)
+      y = FcBranch(self.num_classes, 3, rate, self.features, self.dropout_rate, self.dtype,
+                   name=f"branch{i}")(x, train)
       scores = y if scores is None else scores + y
     return scores
-
-
-class _V2Branch(nn.Module):
-  rate: int
-  num_classes: int
-  features: Optional[int]
-  dropout_rate: float
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=True, dtype=self.dtype, param_dtype=layers.at_least_float32(self.dtype))
-    pad = layers.symmetric_padding(3, self.rate)
-    atrous = dict(kernel_size=(3, 3), kernel_dilation=(self.rate, self.rate), padding=(pad, pad))
-    if self.features is None:
-      return conv(self.num_classes, kernel_init=score_kernel_init, name="conv", **atrous)(x)
-    y = layers.relu(conv(self.features, kernel_init=layers.conv_kernel_init, name="fc6", **atrous)(x))
-    y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = layers.relu(conv(self.features, (1, 1), kernel_init=layers.conv_kernel_init, name="fc7")(y))
-    y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    return conv(self.num_classes, (1, 1), kernel_init=score_kernel_init, name="fc8")(y)
 
 
 class ASPP(nn.Module):

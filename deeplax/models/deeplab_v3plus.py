@@ -15,12 +15,12 @@ Variables: backbone/..., aspp/{aspp0, aspp1..3, image_pooling, concat_projection
 decoder/{low_level_projection, decoder_conv0, decoder_conv1}, logits; none depends on
 `output_stride`.
 
-config.model fields (on top of `common.base_model_config()`), mapped by `from_config`:
-  backbone                  'xception65' | 'xception_tiny' (tests) | a ResNet of resnet.BACKBONES
-                            ('resnet50', 'resnet101', 'resnet_tiny', ...)
-  resnet_layout             ResNet only: 'slim' (TF DeepLab; low_level = block1/unit_2 conv3) or
-                            'torchvision' (low_level = block1 output), see resnet.py
-  multi_grid                ResNet only: unit rates of block4 (v3 §3.2.1); None = (1, 1, 1)
+Fields are the options of config.model for 'deeplab_v3plus' (`schema`; `model_config()` lists
+them at their defaults):
+  backbone                  a `backbones` name or config.model.backbone: 'xception65' (v3+ §3.2),
+                            'xception_tiny' (tests) or any other registered backbone, e.g. a ResNet
+                            (layout 'slim': low_level = block1/unit_2 conv3, TF DeepLab;
+                            'torchvision': block1 output); its 'low_level' endpoint feeds the decoder
   aspp_rates                ASPP atrous rates (6, 12, 18) given at `aspp_rates_output_stride`
   aspp_rates_output_stride  16: rates scaled by 16 / output_stride (12, 24, 36 at 8); 0 = as given
   aspp_features             ASPP width (256)
@@ -32,7 +32,7 @@ config.model fields (on top of `common.base_model_config()`), mapped by `from_co
   decoder_separable         separable 3x3 decoder convs (v3+ §3.2)
 """
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -40,15 +40,10 @@ import ml_collections
 
 from deeplax import layers
 from deeplax.models import aspp as aspp_lib
+from deeplax.models import backbones
 from deeplax.models import common
-from deeplax.models import resnet
-from deeplax.models import xception
 
 ModuleDef = Any
-
-
-def backbone_names():
-  return sorted(xception.XCEPTION_SPECS) + sorted(resnet.BACKBONES)
 
 
 class Decoder(nn.Module):
@@ -74,13 +69,11 @@ class Decoder(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
-  """DeepLabv3+ with an Xception or ResNet backbone; see the module docstring for the fields."""
+  """DeepLabv3+ on any registered backbone; see the module docstring for the fields."""
   num_classes: int = 21
-  backbone: str = "xception65"
+  backbone: Any = "xception65"
   output_stride: int = 16
-  resnet_layout: str = "slim"
-  multi_grid: Optional[Tuple[int, ...]] = None
-  aspp_rates: Tuple[int, ...] = (6, 12, 18)
+  aspp_rates: Sequence[int] = (6, 12, 18)
   aspp_rates_output_stride: int = 16
   aspp_features: int = 256
   aspp_image_pooling: bool = True
@@ -97,20 +90,15 @@ class DeepLabV3Plus(nn.Module):
   remat: bool = False
   align_corners: bool = False
 
-  def _backbone(self, norm):
-    if self.backbone in xception.XCEPTION_SPECS:
-      return xception.xception(self.backbone, output_stride=self.output_stride, norm=norm,
-                               remat=self.remat, dtype=self.dtype, name="backbone")
-    return resnet.ResNet(resnet.get_spec(self.backbone), output_stride=self.output_stride,
-                         layout=self.resnet_layout, multi_grid=self.multi_grid, norm=norm,
-                         dtype=self.dtype, remat=self.remat, name="backbone")
-
   @nn.compact
   def __call__(self, images_NHWC, train: bool = False, return_features: bool = False):
     common.check_images(images_NHWC, self.output_stride)
     norm = layers.norm_factory(train, axis_name=self.bn_axis_name, momentum=self.bn_momentum,
                                epsilon=self.bn_epsilon, frozen=self.freeze_bn, dtype=self.dtype)
-    x, features = self._backbone(norm)(images_NHWC.astype(self.dtype))
+    x, features = backbones.instantiate(
+        self.backbone, output_stride=self.output_stride, norm=norm, dtype=self.dtype,
+        remat=self.remat)(images_NHWC.astype(self.dtype))
+    features = dict(features)
     rates = aspp_lib.scale_rates(self.aspp_rates, self.output_stride, self.aspp_rates_output_stride)
     x = aspp_lib.ASPP(rates, features=self.aspp_features, image_pooling=self.aspp_image_pooling,
                       separable=self.aspp_separable, dropout_rate=self.aspp_dropout, norm=norm,
@@ -118,7 +106,7 @@ class DeepLabV3Plus(nn.Module):
     features["aspp"] = x
     x = Decoder(self.decoder_low_level_features, self.decoder_features, self.decoder_separable,
                 norm=norm, dtype=self.dtype, align_corners=self.align_corners,
-                name="decoder")(x, features["low_level"])
+                name="decoder")(x, features[backbones.LOW_LEVEL])
     features["decoder"] = x
     logits = nn.Conv(self.num_classes, (1, 1), use_bias=True, dtype=self.dtype,
                      param_dtype=layers.at_least_float32(self.dtype), name="logits")(x)
@@ -131,51 +119,6 @@ class DeepLabV3Plus(nn.Module):
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
-  """`common.base_model_config()` plus every DeepLabv3+ field at its default (Xception-65)."""
-  c = common.base_model_config()
-  c.name = "deeplab_v3plus"
-  c.backbone = "xception65"
-  c.resnet_layout = "slim"
-  c.multi_grid = None
-  c.aspp_rates = (6, 12, 18)
-  c.aspp_rates_output_stride = 16
-  c.aspp_features = 256
-  c.aspp_image_pooling = True
-  c.aspp_separable = True
-  c.aspp_dropout = 0.1
-  c.decoder_low_level_features = 48
-  c.decoder_features = 256
-  c.decoder_separable = True
-  c.update(overrides)
-  return c
-
-
-_DEFAULTS = dict(model_config())
-
-
-def from_config(cfg: ml_collections.ConfigDict) -> DeepLabV3Plus:
-  """Maps config.model (name 'deeplab_v3plus') onto `DeepLabV3Plus`; rejects unknown keys."""
-  unknown = sorted(set(cfg.keys()) - set(_DEFAULTS))
-  if unknown:
-    raise ValueError(f"unknown config.model keys for 'deeplab_v3plus': {unknown}; "
-                     f"known: {sorted(_DEFAULTS)}")
-  get = lambda key: cfg.get(key, _DEFAULTS[key])
-  if get("backbone") not in backbone_names():
-    raise ValueError(f"unknown config.model.backbone {get('backbone')!r} for deeplab_v3plus; "
-                     f"known: {', '.join(backbone_names())}")
-  multi_grid = get("multi_grid")
-  return DeepLabV3Plus(
-      num_classes=int(get("num_classes")), backbone=get("backbone"),
-      output_stride=int(get("output_stride")), resnet_layout=get("resnet_layout"),
-      multi_grid=tuple(multi_grid) if multi_grid else None,
-      aspp_rates=tuple(get("aspp_rates")),
-      aspp_rates_output_stride=int(get("aspp_rates_output_stride") or 0),
-      aspp_features=int(get("aspp_features")), aspp_image_pooling=bool(get("aspp_image_pooling")),
-      aspp_separable=bool(get("aspp_separable")), aspp_dropout=float(get("aspp_dropout")),
-      decoder_low_level_features=int(get("decoder_low_level_features")),
-      decoder_features=int(get("decoder_features")),
-      decoder_separable=bool(get("decoder_separable")),
-      dtype=common.compute_dtype(get("dtype")), bn_momentum=float(get("bn_momentum")),
-      bn_epsilon=float(get("bn_epsilon")), bn_axis_name=get("bn_axis_name"),
-      freeze_bn=bool(get("freeze_bn")), remat=bool(get("remat")),
-      align_corners=bool(get("align_corners")))
+  """config.model for 'deeplab_v3plus': `DeepLabV3Plus`'s fields at their defaults (Xception-65),
+  then `overrides` (`common.model_config`)."""
+  return common.model_config("deeplab_v3plus", DeepLabV3Plus, **overrides)

@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deeplax import layers
+from deeplax.models import backbones
 
 ModuleDef = Any
 
@@ -65,7 +66,7 @@ BACKBONES: Dict[str, ResNetSpec] = {
 
 def get_spec(name: str) -> ResNetSpec:
   if name not in BACKBONES:
-    raise ValueError(f"unknown ResNet backbone {name!r} (config.model.backbone); "
+    raise ValueError(f"unknown ResNet backbone {name!r} (config.model.backbone.name); "
                      f"known: {', '.join(sorted(BACKBONES))}")
   return BACKBONES[name]
 
@@ -78,7 +79,8 @@ def nominal_block_strides(num_blocks: int, layout: str) -> List[Tuple[int, int]]
   stride (v3 §3.2: "the last convolution contains stride 2 except the one in last block").
   """
   if layout not in LAYOUTS:
-    raise ValueError(f"unknown resnet_layout {layout!r}; expected one of {LAYOUTS}")
+    raise ValueError(f"unknown ResNet layout {layout!r} (config.model.backbone.layout); "
+                     f"expected one of {LAYOUTS}")
   if layout == "torchvision":
     strides = [(1, 0)] + [(2, 0)] * (num_blocks - 1)
     if num_blocks > 4:  # cascaded blocks replicate block4; the last block does not stride
@@ -195,13 +197,16 @@ def max_pool_padding(size: int, layout: str) -> Tuple[int, int]:
 class ResNet(nn.Module):
   """Dilated ResNet v1 backbone; returns (features_NHWC, endpoints).
 
-  endpoints: 'stem' (stride 4), 'block1'.. (and 'block5'.. when cascaded), and 'low_level', the
-  stride-4 features a v3+ decoder uses: block1's output for 'torchvision'; for 'slim' the conv3+BN
-  output of block1's penultimate unit (DeepLab's 'block1/unit_2/bottleneck_v1/conv3' end point).
+  endpoints: 'stem' (stride 4), 'block1'.. (and 'block5'.. when cascaded), 'aux' (block3, the
+  input of torchvision's auxiliary FCN head) and 'low_level', the stride-4 features a v3+ decoder
+  uses: block1's output for 'torchvision'; for 'slim' the conv3+BN output of block1's penultimate
+  unit (DeepLab's 'block1/unit_2/bottleneck_v1/conv3' end point).
+  Registered as backbones 'resnet50', 'resnet101', ... (`BACKBONES`); its options in
+  config.model.backbone are `layout`, `multi_grid` and `num_cascaded_blocks`.
   """
-  spec: ResNetSpec
+  spec: ResNetSpec = BACKBONES["resnet101"]
   output_stride: int = 16
-  layout: str = "torchvision"
+  layout: str = "slim"
   multi_grid: Optional[Tuple[int, ...]] = None
   num_cascaded_blocks: int = 0
   norm: ModuleDef = None
@@ -232,10 +237,16 @@ class ResNet(nn.Module):
                                  norm=self.norm, dtype=self.dtype, remat=self.remat,
                                  name=f"block{b + 1}")(x)
       endpoints[f"block{b + 1}"] = x
+      if b == 2:
+        endpoints[backbones.AUX] = x
       if b == 0:
         if self.layout == "torchvision":
-          endpoints["low_level"] = x
+          endpoints[backbones.LOW_LEVEL] = x
         else:
-          endpoints["low_level"] = residuals[-2] if len(block) > 1 else endpoints["stem"]
+          endpoints[backbones.LOW_LEVEL] = residuals[-2] if len(block) > 1 else endpoints["stem"]
     return x, endpoints
+
+
+for _name, _spec in BACKBONES.items():
+  backbones.register(_name, ResNet, spec=_spec)
 

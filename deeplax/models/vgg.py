@@ -31,8 +31,7 @@ fc6-fc7-fc8 branches (1024 wide, `aspp.ASPPv2`) whose class scores are summed; A
 ASPP-L (6, 12, 18, 24).
 """
 
-import functools
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -40,6 +39,7 @@ import ml_collections
 
 from deeplax import layers
 from deeplax.models import aspp as aspp_lib
+from deeplax.models import backbones
 from deeplax.models import common
 
 Dtype = Any
@@ -54,14 +54,11 @@ TABLE1_FC6_VARIANTS = {
     "4x4_r8": (4, 8, 4096),
     "largefov": (3, 12, 1024),
 }
-# v2 Table 3: fc6 rates of the four-branch ASPP variants (3x3, 1024 wide).
-ASPP_S_RATES = (2, 4, 8, 12)
-ASPP_L_RATES = (6, 12, 18, 24)
 
-PAPER_OUTPUT_STRIDE = 8
+PAPER_OUTPUT_STRIDE = 8  # the output stride `fc6_rates` are given at (v2 Table 1, Table 3)
 
 
-def pool_strides(output_stride: int, num_pools: int = 5) -> Tuple[int, ...]:
+def pool_strides(output_stride: int, num_pools: int = 5) -> Sequence[int]:
   """Strides of pool1..pool5: 2 until the running stride reaches `output_stride`, then 1."""
   strides, current = [], 1
   for _ in range(num_pools):
@@ -72,16 +69,6 @@ def pool_strides(output_stride: int, num_pools: int = 5) -> Tuple[int, ...]:
     raise ValueError(f"output_stride {output_stride} is not reachable with {num_pools} "
                      "stride-2 pools")
   return tuple(strides)
-
-
-def fc6_rate_at(rate: int, output_stride: int) -> int:
-  """The fc6 rate configured at output stride 8 (v2 Table 1) scaled to `output_stride`."""
-  scaled, remainder = divmod(rate * PAPER_OUTPUT_STRIDE, output_stride)
-  if remainder or scaled < 1:
-    raise ValueError(f"fc6 rate {rate} (given at output stride {PAPER_OUTPUT_STRIDE}) does not "
-                     f"scale to an integer rate at output_stride {output_stride}: "
-                     f"{rate} * 8 / {output_stride}")
-  return scaled
 
 
 class VGGStage(nn.Module):
@@ -104,8 +91,10 @@ class VGGStage(nn.Module):
 class VGG16(nn.Module):
   """VGG-16 conv1_1..pool5 as a dense feature extractor at `output_stride` 8, 16 or 32 (v2 §3.1).
 
-  Returns (pool5_NHWC, endpoints 'pool1'..'pool5'). The layers after pool5 see an atrous rate of
-  32 / output_stride: 4 at output stride 8 (v2 §4.1.1: fc6 7x7 at r=4), 2 at 16, 1 at 32.
+  Returns (pool5_NHWC, endpoints 'pool1'..'pool5', 'low_level' = pool2 (stride 4), 'aux' = pool4).
+  The layers after pool5 see an atrous rate of 32 / output_stride: 4 at output stride 8 (v2
+  §4.1.1: fc6 7x7 at r=4), 2 at 16, 1 at 32. Registered as backbone 'vgg16'; its option in
+  config.model.backbone is `stage_widths` (narrower only in tests). No batch norm.
   """
   output_stride: int = 8
   stage_widths: Sequence[Sequence[int]] = VGG16_STAGE_WIDTHS
@@ -124,60 +113,53 @@ class VGG16(nn.Module):
       if stride == 1:
         rate *= 2
       endpoints[f"pool{i + 1}"] = x
+    endpoints[backbones.LOW_LEVEL] = endpoints["pool2"]
+    endpoints[backbones.AUX] = endpoints[f"pool{min(4, len(self.stage_widths))}"]
     return x, endpoints
 
 
-class FcHead(nn.Module):
-  """fc6 (k x k at `rate`) + ReLU + dropout, fc7 (1x1) + ReLU + dropout, fc8 (1x1) to scores."""
-  num_classes: int
-  kernel_size: int = 3
-  rate: int = 12
-  features: int = 1024
-  dropout_rate: float = 0.5
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    conv = functools.partial(layers.atrous_conv, use_bias=True, dtype=self.dtype)
-    x = layers.relu(conv(self.features, self.kernel_size, rate=self.rate, name="fc6")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = layers.relu(conv(self.features, 1, name="fc7")(x))
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                   param_dtype=layers.at_least_float32(self.dtype),
-                   kernel_init=aspp_lib.score_kernel_init, name="fc8")(x)
+backbones.register("vgg16", VGG16)
 
 
 class DeepLabV1(nn.Module):
   """DeepLab-v1 (one fc6 rate: LargeFOV and the other Table 1 variants) or DeepLab-v2 VGG-16 ASPP.
 
-  Variables: 'params' only (no batch norm): backbone/stage{s}/conv{s}_{i}, then head/{fc6, fc7, fc8}
-  (one rate) or aspp/branch{j}/{fc6, fc7, fc8} (several rates, `aspp.ASPPv2`).
+  Variables (VGG-16: 'params' only): backbone/stage{s}/conv{s}_{i}, then head/{fc6, fc7, fc8}
+  (one rate, `aspp.FcBranch`) or aspp/branch{j}/{fc6, fc7, fc8} (several rates, `aspp.ASPPv2`).
+  `fc6_rates` are given at output stride 8 and scaled by `aspp.scale_rates`. Any registered
+  backbone works; the batch-norm fields apply to backbones that have batch norm.
+  Fields are the options of config.model for 'deeplab_v1' (`schema`).
   """
   num_classes: int = 21
-  output_stride: int = 8
-  fc6_kernel_size: int = 3
-  fc6_rates: Sequence[int] = (12,)
-  fc_features: int = 1024
-  dropout_rate: float = 0.5
-  stage_widths: Sequence[Sequence[int]] = VGG16_STAGE_WIDTHS
+  backbone: Any = "vgg16"              # a backbones name, config.model.backbone or a ModuleDef
+  output_stride: int = 8               # the paper's; 16 and 32 also work
+  fc6_kernel_size: int = 3             # Table 1: 7, 4, 4 or 3
+  fc6_rates: Sequence[int] = (12,)     # at output stride 8; one: Table 1; four: ASPP-S/L (Table 3)
+  fc_features: int = 1024              # fc6/fc7 width: 4096 (Table 1 rows 1-3); LargeFOV/ASPP 1024
+  dropout_rate: float = 0.5            # after fc6 and after fc7
   align_corners: bool = False
   remat: bool = False
   dtype: Dtype = jnp.float32
+  bn_momentum: float = 0.9997
+  bn_epsilon: float = 1e-5
+  bn_axis_name: Optional[str] = None
+  freeze_bn: bool = False
 
   @nn.compact
   def __call__(self, images_NHWC, train: bool = False, return_features: bool = False):
     common.check_images(images_NHWC, self.output_stride)
     if not self.fc6_rates:
       raise ValueError("fc6_rates must hold at least one rate")
-    rates = [fc6_rate_at(r, self.output_stride) for r in self.fc6_rates]
-    x, endpoints = VGG16(self.output_stride, self.stage_widths, self.remat, self.dtype,
-                         name="backbone")(jnp.asarray(images_NHWC, self.dtype))
-    head = functools.partial(FcHead, self.num_classes, self.fc6_kernel_size,
-                             features=self.fc_features, dropout_rate=self.dropout_rate,
-                             dtype=self.dtype)
+    rates = aspp_lib.scale_rates(self.fc6_rates, self.output_stride, PAPER_OUTPUT_STRIDE)
+    norm = layers.norm_factory(train, axis_name=self.bn_axis_name, momentum=self.bn_momentum,
+                               epsilon=self.bn_epsilon, frozen=self.freeze_bn, dtype=self.dtype)
+    x, endpoints = backbones.instantiate(
+        self.backbone, output_stride=self.output_stride, norm=norm, dtype=self.dtype,
+        remat=self.remat)(jnp.asarray(images_NHWC, self.dtype))
     if len(rates) == 1:
-      logits_lowres = head(rate=rates[0], name="head")(x, train)
+      logits_lowres = aspp_lib.FcBranch(self.num_classes, self.fc6_kernel_size, rates[0],
+                                        self.fc_features, self.dropout_rate, self.dtype,
+                                        name="head")(x, train)
     else:  # v2 Fig. 7: parallel 3x3 fc6-fc7-fc8 branches, scores summed.
       if self.fc6_kernel_size != 3:
         raise ValueError(f"DeepLab-ASPP (several fc6_rates) uses 3x3 fc6 kernels (v2 Fig. 7); "
@@ -193,24 +175,9 @@ class DeepLabV1(nn.Module):
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
-  """`common.base_model_config()` plus every deeplab_v1 field, set to DeepLab-LargeFOV (v2 Table 1).
-
-  The batch-norm fields of the base config are accepted and unused (VGG-16 has no batch norm).
-  """
-  c = common.base_model_config()
-  c.name = "deeplab_v1"
-  c.backbone = "vgg16"                 # the only deeplab_v1 backbone
-  c.output_stride = 8                  # the paper's; 16 and 32 also work
-  c.fc6_kernel_size = 3                # Table 1: 7, 4, 4 or 3
-  c.fc6_rates = (12,)                  # at output stride 8; one: Table 1; four: ASPP-S/L (Table 3)
-  c.fc_features = 1024                 # fc6/fc7 width: 4096 (Table 1 rows 1-3); LargeFOV/ASPP 1024
-  c.dropout_rate = 0.5                 # after fc6 and after fc7
-  c.stage_widths = VGG16_STAGE_WIDTHS  # conv1_* .. conv5_* widths; narrower only in tests
-  c.update(overrides)
-  return c
-
-
-_DEFAULTS = dict(model_config())
+  """config.model of 'deeplab_v1' at DeepLab-LargeFOV (v2 Table 1): `DeepLabV1`'s fields (see
+  `common.model_config` for `overrides`)."""
+  return common.model_config("deeplab_v1", DeepLabV1, **overrides)
 
 
 def table1_config(variant: str, **overrides) -> ml_collections.ConfigDict:
@@ -220,27 +187,3 @@ def table1_config(variant: str, **overrides) -> ml_collections.ConfigDict:
   kernel_size, rate, width = TABLE1_FC6_VARIANTS[variant]
   return model_config(fc6_kernel_size=kernel_size, fc6_rates=(rate,), fc_features=width,
                       **overrides)
-
-
-def from_config(cfg: ml_collections.ConfigDict) -> DeepLabV1:
-  """Maps config.model (name 'deeplab_v1') onto DeepLabV1; rejects unknown keys."""
-  unknown = sorted(set(cfg.keys()) - set(_DEFAULTS))
-  if unknown:
-    raise ValueError(f"unknown config.model keys for 'deeplab_v1': {unknown}; "
-                     f"known: {sorted(_DEFAULTS)}")
-  get = lambda key: cfg.get(key, _DEFAULTS[key])
-  if get("backbone") != "vgg16":
-    raise ValueError(f"config.model.backbone for deeplab_v1 must be 'vgg16'; "
-                     f"got {get('backbone')!r}")
-  return DeepLabV1(
-      num_classes=int(get("num_classes")),
-      output_stride=int(get("output_stride")),
-      fc6_kernel_size=int(get("fc6_kernel_size")),
-      fc6_rates=tuple(int(r) for r in get("fc6_rates")),
-      fc_features=int(get("fc_features")),
-      dropout_rate=float(get("dropout_rate")),
-      stage_widths=tuple(tuple(int(w) for w in ws) for ws in get("stage_widths")),
-      align_corners=bool(get("align_corners")),
-      remat=bool(get("remat")),
-      dtype=common.compute_dtype(get("dtype")),
-  )

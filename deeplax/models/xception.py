@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deeplax import layers
+from deeplax.models import backbones
 
 Dtype = Any
 ModuleDef = Any
@@ -100,8 +101,9 @@ XCEPTION_SPECS = {"xception65": XCEPTION65, "xception_tiny": XCEPTION_TINY}
 class Xception(nn.Module):
   """Aligned Xception backbone; `Xception(**XCEPTION65, ...)` is Xception-65.
 
-  Returns (features_NHWC, endpoints) with 'low_level' (stride 4), 'entry_flow', 'middle_flow',
-  'exit_flow'. `norm` is a `layers.norm_factory(train, ...)` partial (build it inside the caller's
+  Returns (features_NHWC, endpoints) with 'low_level' (stride 4), 'entry_flow', 'middle_flow'
+  (also 'aux'), 'exit_flow'. Registered as backbones 'xception65' and 'xception_tiny'
+  (`XCEPTION_SPECS` fix every depth; no options). `norm` is a `layers.norm_factory(train, ...)` partial (build it inside the caller's
   __call__, where `train` is known).
   """
   stem_features: Sequence[int] = (32, 64)
@@ -132,11 +134,11 @@ class Xception(nn.Module):
       x, second = block_cls(depths, block_stride, block_rate, skip, act_in_sep, self.norm,
                             self.dtype, name=name)(x)
       if name == "entry_block2":
-        endpoints["low_level"] = second
+        endpoints[backbones.LOW_LEVEL] = second
       if name == f"entry_block{len(self.entry_depths)}":
         endpoints["entry_flow"] = x
       elif name == f"middle_block{self.num_middle_blocks}":
-        endpoints["middle_flow"] = x
+        endpoints["middle_flow"] = endpoints[backbones.AUX] = x
     if current_stride != self.output_stride:
       raise ValueError(f"output_stride {self.output_stride} is not reachable by Xception "
                        f"(reached {current_stride})")
@@ -149,3 +151,7 @@ def xception(backbone: str, **kwargs) -> Xception:
   if backbone not in XCEPTION_SPECS:
     raise ValueError(f"unknown Xception backbone {backbone!r}; known: {sorted(XCEPTION_SPECS)}")
   return Xception(**XCEPTION_SPECS[backbone], **kwargs)
+
+
+for _name, _spec in XCEPTION_SPECS.items():
+  backbones.register(_name, Xception, **_spec)
