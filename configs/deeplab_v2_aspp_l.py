@@ -13,7 +13,7 @@ paper fine-tunes (which strides the first unit's 1x1 conv) and the layout of tor
 
     python -m deeplax.main --config=configs/deeplab_v2_aspp_l.py --workdir=/tmp/deeplab_v2_aspp_l
 
-Fields are documented in deeplax/models/deeplab.py and deeplax/models/common.py; the recipe in
+Fields are documented in deeplax/models/deeplab.py and deeplax/models/resnet.py; the recipe in
 deeplax/defaults.py (v2_resnet101).
 """
 

@@ -80,7 +80,14 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
   class_names, void_classes = _classes(config)
   strategy = strategy or inference.strategy_for(config.model)
   predict_fn = inference.make_predict_fn(config.model, strategy, output_stride)
-  mesh = mesh if mesh is not None else Mesh(np.asarray(jax.devices()), (MESH_AXIS,))
+  if mesh is None:
+    native = not config.data.get("eval_pad_size", None)
+    if native and jax.process_count() > 1:
+      raise ValueError("multi-host evaluation needs batches of one shape: set data.eval_pad_size "
+                       "(images are evaluated at their own size without it)")
+    # Native sizes come one image per batch: one device, rather than padding it to every device.
+    devices = jax.local_devices()[:1] if native else jax.devices()
+    mesh = Mesh(np.asarray(devices), (MESH_AXIS,))
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
   local_devices = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
@@ -115,9 +122,9 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
     batch_confusion, preds, scores = step(variables, *arrays)
     confusion += np.asarray(jax.device_get(batch_confusion), np.int64)
     n = int(np.asarray(batch["image"]).shape[0])
-    real = local["height"][:n] > 0
-    num_images += int(real.sum())
-    if widths or crf is not None or len(panels) < num_panels:
+    num_images += int(local["mask"][:n].reshape(n, -1).any(axis=1).sum())
+    want_panels = jax.process_index() == 0 and len(panels) < num_panels
+    if widths or crf is not None or want_panels:
       labels, mask = local["label"][:n], local["mask"][:n]
       local_preds = _local(preds)[:n]
       if widths:
@@ -129,7 +136,7 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
         if widths:
           crf_trimap += metrics.trimap_confusion(labels, crf_preds, num_classes, widths, mask,
                                                  ignore)
-      if jax.process_index() == 0 and len(panels) < num_panels:
+      if want_panels:
         panels += _panels(config, local, local_preds, palette, num_panels - len(panels))
     if progress:
       elapsed = time.perf_counter() - start
@@ -166,17 +173,19 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
 def _pad_batch(batch, multiple: int, ignore: int) -> Dict[str, np.ndarray]:
   """The batch as NumPy, padded to a multiple of the local devices (padding: label `ignore`,
   mask False, size 0)."""
-  arrays = {"image": np.asarray(batch["image"], np.float32),
+  image = np.asarray(batch["image"], np.float32)
+  n, h, w = image.shape[:3]
+  arrays = {"image": image,
             "label": np.asarray(batch["label"], np.int32),
-            "mask": np.asarray(batch["mask"]).astype(bool),
-            "height": np.asarray(batch["height"], np.int32),
-            "width": np.asarray(batch["width"], np.int32)}
+            "mask": np.asarray(batch.get("mask", np.ones((n, h, w), bool))).astype(bool),
+            "height": np.asarray(batch.get("height", np.full(n, h)), np.int32),
+            "width": np.asarray(batch.get("width", np.full(n, w)), np.int32)}
   pad = -arrays["image"].shape[0] % multiple
   if pad:
     fill = {"image": 0, "label": ignore, "mask": False, "height": 0, "width": 0}
     arrays = {k: np.concatenate([v, np.full((pad,) + v.shape[1:], fill[k], v.dtype)])
               for k, v in arrays.items()}
-  arrays["id"] = list(np.asarray(batch["id"])) + [""] * pad
+  arrays["id"] = list(np.asarray(batch.get("id", [""] * n))) + [""] * pad
   return arrays
 
 
@@ -190,9 +199,16 @@ def _sum_over_processes(*values):
   if jax.process_count() == 1:
     return values
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return tuple(np.asarray(multihost_utils.process_allgather(np.asarray(v))).sum(0).astype(
-      np.asarray(v).dtype) if np.ndim(v) else int(np.sum(multihost_utils.process_allgather(
-          np.asarray(v)))) for v in values)
+
+  def total(v):
+    # int64 counts as two 31-bit int32 halves: JAX without x64 would truncate int64.
+    v = np.asarray(v, np.int64)
+    halves = np.stack([v >> 31, v & (2**31 - 1)]).astype(np.int32)
+    gathered = np.asarray(multihost_utils.process_allgather(halves), np.int64).sum(0)
+    out = (gathered[0] << 31) + gathered[1]
+    return int(out) if out.ndim == 0 else out
+
+  return tuple(total(v) for v in values)
 
 
 def _palette(config):
@@ -267,13 +283,15 @@ def _jsonable(x):
   return str(x)
 
 
-def write_json(results: Mapping[str, Any], path: str) -> None:
-  """Results as JSON (NaN, e.g. the IoU of a class absent from gt and prediction, becomes null;
-  'panels' are left out)."""
+def write_json(results, path: str) -> None:
+  """Results (or any JSON-able value) as JSON, atomically (NaN, e.g. the IoU of a class absent
+  from gt and prediction, becomes null; a results dict's 'panels' are left out)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(_jsonable({k: v for k, v in results.items() if k != "panels"}), f, indent=2)
+    if isinstance(results, Mapping):
+      results = {k: v for k, v in results.items() if k != "panels"}
+    json.dump(_jsonable(results), f, indent=2)
   os.replace(tmp, path)
 
 

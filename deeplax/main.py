@@ -46,8 +46,7 @@ def _import_tensorflow_quietly(argv) -> None:
   """Imports TensorFlow (the input pipeline's) with its C++ INFO lines (the oneDNN notice, which
   no environment variable silences before absl::InitializeLog) dropped below --verbosity=1;
   anything else it prints on stderr is passed on."""
-  if any(a.startswith(("--verbosity=", "-v=")) and a.split("=", 1)[1] not in ("0", "-1")
-         for a in argv):
+  if _verbosity(argv) >= 1:
     return
   import tempfile  # pylint: disable=g-import-not-at-top
   saved = os.dup(2)
@@ -82,13 +81,30 @@ _TFDS_CHATTER = ("Using custom data configuration", "has no dataset_info.json",
                  "`FeatureConnector.dtype` is deprecated")
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _verbosity(argv) -> int:
+  """absl's --verbosity (-v, --v) from the command line, before the flags are parsed."""
+  value = 0
+  for i, arg in enumerate(argv):
+    name, eq, rest = arg.partition("=")
+    if name in ("--verbosity", "-v", "--v", "-verbosity"):
+      rest = rest if eq else (argv[i + 1] if i + 1 < len(argv) else "0")
+      try:
+        value = int(rest)
+      except ValueError:
+        pass
+  return value
+
+
 class _QuietLibraries(logging.logging.Filter):
   """Below --verbosity=1, keeps the libraries' INFO lines (orbax's per-save chatter, TensorFlow
   Datasets, absl) and TFDS's per-run warnings out of the console: deeplax's own lines and every
   other warning stay."""
 
   def filter(self, record):
-    if logging.get_verbosity() >= 1 or f"{os.sep}deeplax{os.sep}" in record.pathname:
+    if logging.get_verbosity() >= 1 or record.pathname.startswith(_PACKAGE_DIR):
       return True
     if record.levelno < logging.logging.WARNING:  # the standard level; absl's WARNING is -1
       return False

@@ -76,6 +76,8 @@ def prepare_config(config: ml_collections.ConfigDict,
   `check_devices`: also require batch_size to divide over this machine's devices.
   """
   config = ml_collections.ConfigDict(config.to_dict())
+  if "model" in config:  # a config.model of deeplax <= 1b78b68 runs (and is written) as today's
+    config.model, _ = models.upgrade_config(config.model, source="the run's config.model")
   data_config = defaults.data_config()
   unknown = sorted(set(config.data.keys()) - set(data_config.keys()))
   if unknown:
@@ -476,7 +478,9 @@ def reconcile_config(config: ml_collections.ConfigDict, workdir: str, resumed_st
   new value, unless config.allow_config_change; training-only changes (total_steps, learning
   rate, cadence, remat, ...) are accepted. Accepted changes are appended to
   `<workdir>/config_changes.json` (time, step resumed, key: [old, new]) and config.json is
-  rewritten to describe the checkpoints written from now on. The loop checks before restoring
+  rewritten to describe the checkpoints written from now on. A config.json in the format of
+  deeplax <= 1b78b68 (flat backbone options, `models.upgrade_config`) is rewritten in today's
+  schema, the changes recorded under 'format_upgrade'. The loop checks before restoring
   and writes only once a checkpoint restored.
   """
   path = os.path.join(workdir, ckpt_lib.CONFIG_FILE)
@@ -522,8 +526,9 @@ def reconcile_config(config: ml_collections.ConfigDict, workdir: str, resumed_st
     records.append(record)
     evaluate_lib.write_json(records, record_path)
     ckpt_lib.write_config(workdir, config)
-    logging.info("config changes at step %d recorded in %s: %s", resumed_step, record_path,
-                 ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changes.items()))
+    if changes:
+      logging.info("config changes at step %d recorded in %s: %s", resumed_step, record_path,
+                   ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changes.items()))
   return changes
 
 

@@ -96,7 +96,7 @@ def test_unknown_and_mistyped_keys_name_the_key_and_the_valid_ones():
   config.multi_grid = (1, 2, 4)          # a backbone option at the top
   message = _build_error(config)
   assert "unknown key 'multi_grid' in config.model (deeplab_v3)" in message
-  assert "set config.model.backbone.multi_grid" in message
+  assert "an option of the backbone: config.model.backbone.multi_grid" in message
 
   config = deeplab.model_config(backbone="resnet_tiny")
   config.backbone.multigrid = (1, 2, 4)
@@ -106,7 +106,12 @@ def test_unknown_and_mistyped_keys_name_the_key_and_the_valid_ones():
 
   config = deeplab_v3plus.model_config(backbone="xception_tiny")
   config.backbone.layout = "slim"        # a ResNet option on an Xception
-  assert "unknown key 'layout' in config.model.backbone (xception_tiny)" in _build_error(config)
+  message = _build_error(config)
+  assert "unknown key 'layout' in config.model.backbone (xception_tiny); valid keys: (none)" in message
+  assert "set config.model.backbone = backbones.config('xception_tiny', ...)" in message
+  config = deeplab.model_config(backbone="resnet_tiny")
+  config.resnet_layout = "torchvision"
+  assert "config.model.backbone.layout, if backbone 'resnet_tiny' has it" in _build_error(config)
 
   for key, value, expected in (("aspp_features", "256", "int"), ("aspp_image_pooling", 1, "bool"),
                                ("aspp_rates", (6, 12.5, 18), "Sequence[int]"),
@@ -178,3 +183,37 @@ def test_legacy_config_builds_the_same_model_as_todays():
   variables = new_model.init(jax.random.key(0), x)
   assert jax.tree.structure(variables) == jax.tree.structure(old_model.init(jax.random.key(0), x))
   np.testing.assert_array_equal(new_model.apply(variables, x), old_model.apply(variables, x))
+
+
+VARIABLE_TREES = os.path.join(ROOT, "tests", "fixtures", "variable_trees_1b78b68.json")
+
+
+def test_every_paper_config_builds_the_variable_tree_of_before():
+  """Per paper config, the variables (paths and shapes, 65x65 input) that commit 1b78b68 built:
+  leaf count, parameter count and a SHA-256 of the sorted 'path shape' lines."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  with open(VARIABLE_TREES) as f:
+    expected = json.load(f)
+  assert len(expected) == 11
+  for filename, want in expected.items():
+    model = models.build(load_config_file(os.path.join(ROOT, "configs", filename)).model)
+    variables = jax.eval_shape(
+        lambda m=model: m.init(jax.random.key(0), jnp.zeros((1, 65, 65, 3)), train=False))
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): tuple(x.shape)
+            for path, x in jax.tree_util.tree_leaves_with_path(variables)}
+    lines = "\n".join(f"{p} {s}" for p, s in sorted(flat.items()))
+    got = {"leaves": len(flat), "params": models.param_count(variables["params"]),
+           "sha256": hashlib.sha256(lines.encode()).hexdigest()}
+    assert got == want, filename
+
+
+def test_v2_branch_width_none_or_zero_is_one_conv_per_branch():
+  """aspp_v2_features None (today) or 0 (configs of deeplax <= 1b78b68): one 3x3 conv per branch."""
+  x = jnp.zeros((1, 33, 33, 3))
+  for width in (None, 0):
+    model = models.build(deeplab.model_config("deeplab_v2", backbone="resnet_tiny",
+                                              aspp_v2_features=width, num_classes=3))
+    params = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), x))["params"]
+    assert sorted(params["aspp"]["branch0"]) == ["conv"]
+  with pytest.raises(ValueError, match="unknown key 'head' in DeepLab options"):
+    deeplab.model_config("deeplab_v2", head="aspp")     # deeplab_v2 fixes its head

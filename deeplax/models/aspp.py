@@ -72,7 +72,7 @@ class FcBranch(nn.Module):
   def __call__(self, x, train: bool = False):
     conv = functools.partial(layers.atrous_conv, use_bias=True, dtype=self.dtype)
     scores = functools.partial(conv, self.num_classes, kernel_init=score_kernel_init)
-    if self.features is None:
+    if not self.features:  # None (or 0, the configs of deeplax <= 1b78b68)
       return scores(self.kernel_size, rate=self.rate, name="conv")(x)
     x = layers.relu(conv(self.features, self.kernel_size, rate=self.rate, name="fc6")(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

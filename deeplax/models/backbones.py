@@ -100,8 +100,12 @@ def from_config(cfg) -> functools.partial:
     raise ValueError(f"config.model.backbone must be a ConfigDict with a 'name' "
                      f"(see backbones.config); got {cfg!r}")
   entry = get(cfg["name"])
+  hint = (f"an option of another backbone: options stay when only backbone.name changes; set "
+          f"config.model.backbone = backbones.config({cfg['name']!r}, ...) in the config file")
+  others = {k for n in _REGISTRY if n != cfg["name"] for k in option_names(n)}
   options = schema.kwargs_from(entry.cls, cfg, where=f"config.model.backbone ({cfg['name']})",
-                               exclude=_exclude(entry), ignore=("name",))
+                               exclude=_exclude(entry), ignore=("name",),
+                               hints={k: hint for k in others})
   return functools.partial(entry.cls, **entry.fixed, **options)
 
 

@@ -30,13 +30,20 @@ def build(name: str, cls, cfg: ml_collections.ConfigDict, fixed: Mapping[str, An
   kwargs = schema.kwargs_from(
       cls, cfg, where=f"config.model ({name})", exclude=tuple(fixed), ignore=("name",),
       convert={"dtype": compute_dtype, "backbone": backbones.from_config},
-      hints={k: f"an option of the backbone: set config.model.backbone.{k}"
+      hints={k: f"an option of the backbone: config.model.backbone.{_LEGACY_NAMES.get(k, k)}, "
+                f"if backbone {_backbone_name(cfg)!r} has it"
              for k in _BACKBONE_OPTIONS})
   return cls(**fixed, **kwargs)
 
 
 _BACKBONE_OPTIONS = ("layout", "resnet_layout", "multi_grid", "num_cascaded_blocks",
                      "stage_widths")
+_LEGACY_NAMES = {"resnet_layout": "layout"}
+
+
+def _backbone_name(cfg) -> str:
+  backbone = cfg.get("backbone", None)
+  return backbone.get("name", None) if hasattr(backbone, "get") else backbone
 
 
 def upgrade_legacy(cfg: ml_collections.ConfigDict) -> Tuple[ml_collections.ConfigDict, List[str]]:
@@ -76,6 +83,9 @@ def upgrade_legacy(cfg: ml_collections.ConfigDict) -> Tuple[ml_collections.Confi
       changes.append(f"aspp={aspp} -> head={old['head']!r}")
     else:
       changes.append(f"aspp={aspp} dropped (unused by {name})")
+  if old.get("aspp_rates_output_stride", 0) is None:
+    old["aspp_rates_output_stride"] = 0
+    changes.append("aspp_rates_output_stride None -> 0")
   if "aspp_v2_features" in old and not old["aspp_v2_features"]:
     old["aspp_v2_features"] = None
     changes.append("aspp_v2_features 0 -> None")

@@ -1,7 +1,7 @@
-"""DeepLab v2 and v3 on a dilated ResNet (v2 §3-4, v3 §3).
+"""DeepLab v2 and v3 (v2 §3-4, v3 §3) on any registered backbone (`backbones`).
 
-`DeepLab` = ResNet backbone (`resnet.ResNet`, atrous at `output_stride`, Multi-Grid, cascaded
-block5..7) + one head:
+`DeepLab` = backbone (the papers': a dilated ResNet, `resnet.ResNet`, atrous at `output_stride`,
+Multi-Grid, cascaded block5..7) + one head:
 - 'aspp_v2' (DeepLab-v2, v2 §3.2): parallel atrous branches whose class scores are summed;
 - 'aspp' (DeepLabv3, v3 §3.3): ASPP with BN and image pooling, then the 1x1 logits conv;
 - 'conv' (DeepLabv3 cascaded model, v3 §3.2): the 1x1 logits conv straight on the backbone.
@@ -55,7 +55,7 @@ class DeepLab(nn.Module):
   output_stride: int = 16
   head: str = "aspp"
   aspp_rates: Sequence[int] = (6, 12, 18)
-  aspp_rates_output_stride: int = 16
+  aspp_rates_output_stride: Optional[int] = 16
   aspp_features: int = 256
   aspp_image_pooling: bool = True
   aspp_dropout: float = 0.1

@@ -74,7 +74,7 @@ class DeepLabV3Plus(nn.Module):
   backbone: Any = "xception65"
   output_stride: int = 16
   aspp_rates: Sequence[int] = (6, 12, 18)
-  aspp_rates_output_stride: int = 16
+  aspp_rates_output_stride: Optional[int] = 16
   aspp_features: int = 256
   aspp_image_pooling: bool = True
   aspp_separable: bool = True

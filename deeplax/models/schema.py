@@ -39,13 +39,13 @@ def defaults_of(cls, exclude: Iterable[str] = ()) -> Dict[str, Any]:
 
 def config_of(cls, exclude: Iterable[str] = (), to_config: Optional[Mapping[str, Callable]] = None,
               **overrides) -> ml_collections.ConfigDict:
-  """A ConfigDict of `cls`'s options at their defaults, then `overrides` (keys must be fields,
-  except those `exclude` names, which are set as given, e.g. the registry `name`).
+  """A ConfigDict of `cls`'s options at their defaults, then `overrides` (keys must be options:
+  fields not in `exclude`).
   `to_config[key](default)` turns a default into its config form (e.g. a dtype into its name)."""
   to_config = dict(to_config or {})
   values = defaults_of(cls, exclude)
   for key, value in overrides.items():
-    if key not in values and key not in set(exclude):
+    if key not in values:
       raise unknown_key_error(key, values, f"{cls.__name__} options")
     values[key] = value
   for key, fn in to_config.items():
@@ -55,7 +55,8 @@ def config_of(cls, exclude: Iterable[str] = (), to_config: Optional[Mapping[str,
 
 
 def unknown_key_error(key: str, valid: Iterable[str], where: str) -> ValueError:
-  return ValueError(f"unknown key {key!r} in {where}; valid keys: {', '.join(sorted(valid))}")
+  valid = ", ".join(sorted(valid)) or "(none)"
+  return ValueError(f"unknown key {key!r} in {where}; valid keys: {valid}")
 
 
 def kwargs_from(cls, cfg: Mapping[str, Any], *, where: str, exclude: Iterable[str] = (),
