@@ -8,6 +8,7 @@ after.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -79,7 +80,6 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
   ignore = int(config.data.get("ignore_label", 255))
   class_names, void_classes = _classes(config)
   strategy = strategy or inference.strategy_for(config.model)
-  predict_fn = inference.make_predict_fn(config.model, strategy, output_stride)
   if mesh is None:
     native = not config.data.get("eval_pad_size", None)
     if native and jax.process_count() > 1:
@@ -92,16 +92,7 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
   batch_sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
   local_devices = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
   keep_scores = crf is not None
-
-  def step(variables, image, label, mask):
-    scores = predict_fn(variables, image)
-    preds = jnp.argmax(scores, axis=-1)
-    confusion = metrics.confusion_matrix(label, preds, num_classes, mask, ignore_label=ignore)
-    return confusion, preds, (scores if keep_scores else None)
-
-  step = jax.jit(step, in_shardings=(replicated,) + (batch_sharding,) * 3,
-                 out_shardings=(replicated, batch_sharding,
-                                batch_sharding if keep_scores else None))
+  step = _eval_step(config.model.to_json(), strategy, output_stride, mesh, ignore, keep_scores)
   variables = jax.device_put({k: variables[k] for k in ("params", "batch_stats") if k in variables},
                              replicated)
   widths = tuple(float(w) for w in trimap_widths)
@@ -168,6 +159,26 @@ def evaluate(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
   if num_panels:
     results["panels"] = panels
   return results
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_step(model_json: str, strategy, output_stride, mesh: Mesh, ignore: int,
+               keep_scores: bool):
+  """The jitted, sharded `(variables, image, label, mask) -> (confusion, preds, scores)`, one per
+  model, strategy and mesh, so training's periodic evaluations compile it once."""
+  model_config = ml_collections.ConfigDict(json.loads(model_json))
+  predict_fn = inference.make_predict_fn(model_config, strategy, output_stride)
+  num_classes = int(model_config.num_classes)
+
+  def step(variables, image, label, mask):
+    scores = predict_fn(variables, image)
+    preds = jnp.argmax(scores, axis=-1)
+    confusion = metrics.confusion_matrix(label, preds, num_classes, mask, ignore_label=ignore)
+    return confusion, preds, (scores if keep_scores else None)
+
+  replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P(mesh.axis_names[0]))
+  return jax.jit(step, in_shardings=(replicated,) + (batch_sharding,) * 3,
+                 out_shardings=(replicated, batch_sharding, batch_sharding if keep_scores else None))
 
 
 def _pad_batch(batch, multiple: int, ignore: int) -> Dict[str, np.ndarray]:

@@ -50,3 +50,24 @@ def test_periodic_miou_equals_deeplax_eval(devices, tmp_path):
   assert evaluated["confusion_matrix"] == periodic["confusion"]
   assert evaluated["metrics"]["miou"] == periodic["miou"]
   assert 0.0 < periodic["miou"] < 1.0
+
+
+def test_repeated_evaluations_reuse_one_compiled_step():
+  """Training evaluates every eval_every_steps: the sharded step is built (and compiled) once."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from deeplax import evaluate, models  # pylint: disable=g-import-not-at-top
+  from deeplax import defaults  # pylint: disable=g-import-not-at-top
+  config = defaults.get_base_config()
+  config.model = models.default_config("deeplab_v3", backbone="resnet_tiny", num_classes=3,
+                                       aspp_features=8)
+  model = models.build(config.model)
+  images = np.random.default_rng(0).normal(size=(8, 33, 33, 3)).astype(np.float32)
+  labels = np.random.default_rng(1).integers(0, 3, size=(8, 33, 33)).astype(np.int32)
+  variables = model.init(jax.random.key(0), images[:1])
+  batch = {"image": images, "label": labels}
+  first = evaluate.evaluate(config, variables, eval_iter=[batch], progress=False)
+  misses = evaluate._eval_step.cache_info().misses
+  second = evaluate.evaluate(config, variables, eval_iter=[batch, batch], progress=False)
+  assert evaluate._eval_step.cache_info().misses == misses
+  assert second["confusion_matrix"] == [[2 * c for c in row] for row in first["confusion_matrix"]]

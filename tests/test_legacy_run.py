@@ -42,25 +42,25 @@ def test_legacy_run_restores_and_predicts_the_same_logits(legacy_run):
   np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_legacy_run_resumes_training(legacy_run, tmp_path):
-  config = train_configs.tiny_config(str(tmp_path / "data"), total_steps=8)
+def _resume_config(tmp_path, total_steps, checkpoint_every):
+  """The fixture's run config as today's schema writes it, to `total_steps`."""
+  config = train_configs.tiny_config(str(tmp_path / "data"), total_steps=total_steps)
   config.model.backbone.multi_grid = (1, 2, 4)
-  config.checkpoint_every_steps = 4
+  config.checkpoint_every_steps = checkpoint_every
   config.eval_every_steps = 100
   config.num_eval_images_to_save = 0
-  history = train.train_and_evaluate(config, legacy_run)
+  return config
+
+
+def test_legacy_run_resumes_training(legacy_run, tmp_path):
+  history = train.train_and_evaluate(_resume_config(tmp_path, 8, 4), legacy_run)
   assert history["step"] == 8
   assert history["train"][0]["step"] == 5     # resumed after the fixture's step 4
   assert ckpt_lib.latest_step(legacy_run) == 8
 
 
 def test_resume_rewrites_the_legacy_config_and_records_it(legacy_run, tmp_path):
-  config = train_configs.tiny_config(str(tmp_path / "data"), total_steps=5)
-  config.model.backbone.multi_grid = (1, 2, 4)
-  config.checkpoint_every_steps = 5
-  config.eval_every_steps = 100
-  config.num_eval_images_to_save = 0
-  train.train_and_evaluate(config, legacy_run)
+  train.train_and_evaluate(_resume_config(tmp_path, 5, 5), legacy_run)
   with open(os.path.join(legacy_run, "config.json")) as f:
     model = json.load(f)["model"]
   assert model["backbone"] == {"name": "resnet_tiny", "layout": "slim", "multi_grid": [1, 2, 4],
